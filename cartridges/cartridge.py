@@ -11,8 +11,9 @@ from fastcore.basics import patch
 from transformers import DynamicCache, GenerationConfig, TextIteratorStreamer
 
 # %% auto #0
-__all__ = ['INIT_METHODS', 'WEIGHTS_NAME', 'META_NAME', 'FORMAT', 'CartridgeError', 'Cartridge', 'model_identity',
-           'tokenizer_hash', 'prefill_kv', 'summarize', 'chat_batch', 'check_compatible']
+__all__ = ['INIT_METHODS', 'CARTRIDGE_ATTENTION', 'WEIGHTS_NAME', 'META_NAME', 'FORMAT', 'CartridgeError', 'Cartridge',
+           'model_identity', 'tokenizer_hash', 'prefill_kv', 'summarize', 'cartridge_attention', 'chat_batch',
+           'check_compatible']
 
 # %% ../nbs/05_cartridge.ipynb #2d2ea1b5
 class CartridgeError(ValueError):
@@ -204,7 +205,7 @@ def cache(self:Cartridge,
                                          kv[i, 1].unsqueeze(0).expand(batch_size, -1, -1, -1))
                                         for i in range(self.n_layers)])
 
-# %% ../nbs/05_cartridge.ipynb #01fb047d
+# %% ../nbs/05_cartridge.ipynb #fc50b6b0
 def _positions(attention_mask:torch.Tensor, offset:int) -> torch.Tensor:
     "Position ids that count only real tokens, starting at `offset` (left or right padding)."
     return offset + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -212,9 +213,6 @@ def _positions(attention_mask:torch.Tensor, offset:int) -> torch.Tensor:
 def _decoder(model):
     "The decoder stack (returns final hidden states) of a causal LM."
     return model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
-
-def _hidden_states_checkpointed(cartridge, model, input_ids, attention_mask):
-    raise NotImplementedError("gradient_checkpointing=True is not implemented yet")  # replaced below
 
 @patch
 def hidden_states(self:Cartridge, model,
@@ -229,7 +227,51 @@ def hidden_states(self:Cartridge, model,
                           cache=self.cache(B, model.dtype, model.device), use_cache=True)
     return out.last_hidden_state
 
-# %% ../nbs/05_cartridge.ipynb #a8a3a54e
+# %% ../nbs/05_cartridge.ipynb #98c03c09
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+CARTRIDGE_ATTENTION = "cartridge_sdpa"
+
+def cartridge_attention(module, query, key, value, attention_mask,
+                        cartridge_kv:torch.Tensor|None=None, # [n_layers, 2, n_kv_heads, p, head_dim] prefix, or None
+                        **kwargs):
+    "SDPA attention with an optional cartridge prefix in front of the keys/values of layer `module.layer_idx`."
+    if cartridge_kv is not None:
+        B, S, p = query.shape[0], query.shape[2], cartridge_kv.shape[3]
+        prefix = cartridge_kv[module.layer_idx].to(key.dtype).unsqueeze(1).expand(-1, B, -1, -1, -1)
+        key, value = torch.cat([prefix[0], key], dim=2), torch.cat([prefix[1], value], dim=2)
+        if attention_mask is None: attention_mask = torch.ones(S, S, dtype=torch.bool, device=query.device).tril()[None, None]
+        keep = torch.ones(*attention_mask.shape[:-1], p, dtype=torch.bool, device=query.device)
+        if attention_mask.dtype != torch.bool: keep = torch.zeros_like(keep, dtype=attention_mask.dtype)
+        attention_mask = torch.cat([keep, attention_mask], dim=-1)
+        kwargs["is_causal"] = False
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+AttentionInterface.register(CARTRIDGE_ATTENTION, cartridge_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(CARTRIDGE_ATTENTION, sdpa_mask)
+
+# %% ../nbs/05_cartridge.ipynb #ea65776b
+def _hidden_states_checkpointed(cartridge, model, input_ids, attention_mask):
+    if model.config._attn_implementation not in ("sdpa", "eager", CARTRIDGE_ATTENTION):
+        raise CartridgeError(f"gradient_checkpointing=True needs sdpa or eager attention, the model uses "
+                             f"{model.config._attn_implementation!r}")
+    if model.config._attn_implementation != CARTRIDGE_ATTENTION: model.set_attn_implementation(CARTRIDGE_ATTENTION)
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    was_on, training = model.is_activation_checkpointing, [m.training for m in layers]
+    if not was_on: model.activation_checkpointing_enable()
+    try:
+        for m in layers: m.training = True  # transformers checkpoints a layer only in training mode
+        return _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                               position_ids=_positions(attention_mask, cartridge.p),
+                               cartridge_kv=cartridge.kv.to(device=model.device, dtype=model.dtype)).last_hidden_state
+    finally:
+        for m, t in zip(layers, training): m.training = t
+        if not was_on: model.activation_checkpointing_disable()
+
+# %% ../nbs/05_cartridge.ipynb #00ed686d
 def chat_batch(tokenizer, messages:list[list[dict]], pad_left:bool=True) -> dict:
     "Chat-template each conversation (generation prompt added) and pad the batch: `input_ids`, `attention_mask`."
     if not isinstance(messages, (list, tuple)) or not messages or not all(isinstance(m, (list, tuple)) and m and
@@ -275,7 +317,7 @@ def _stream(model, tokenizer, kwargs):
     finally: thread.join()
     if errors: raise errors[0]
 
-# %% ../nbs/05_cartridge.ipynb #843d96b4
+# %% ../nbs/05_cartridge.ipynb #b003d22e
 WEIGHTS_NAME, META_NAME, FORMAT = "cartridge.safetensors", "meta.json", "cartridges/1"
 
 @patch
@@ -292,7 +334,7 @@ def save(self:Cartridge, path) -> Path:
     atomic_write(path/META_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     return path
 
-# %% ../nbs/05_cartridge.ipynb #01bc01bc
+# %% ../nbs/05_cartridge.ipynb #f24fbf67
 def _resolve(path) -> Path:
     p = Path(path).expanduser()
     if p.exists(): return p
