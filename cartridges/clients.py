@@ -11,8 +11,9 @@ from transformers import DynamicCache, GenerationConfig, LogitsProcessor, Logits
 from .core import Message
 
 # %% auto #0
-__all__ = ['Sample', 'check_conversations', 'chat_prompt_ids', 'end_of_turn_ids', 'TopKRecorder', 'prefix_groups', 'HFClient',
-           'prefill_shared']
+__all__ = ['PROBE_TEXT', 'Sample', 'check_conversations', 'chat_prompt_ids', 'end_of_turn_ids', 'TopKRecorder', 'prefix_groups',
+           'HFClient', 'prefill_shared', 'parse_vllm_completion', 'parse_sglang_generate', 'ServerError',
+           'OpenAIClient']
 
 # %% ../nbs/03_clients.ipynb #9f420022
 @dataclass(eq=False)
@@ -197,3 +198,169 @@ def _hf_chat(self:HFClient, conversations, temperature:float=0.0, max_tokens:int
         for i, s in zip(idx, _generate(self, [prompts[i] for i in idx], temperature, max_tokens, top_logprobs)): samples[i] = s
     return samples
 HFClient.chat = _hf_chat
+
+# %% ../nbs/03_clients.ipynb #0397f52c
+def _sorted_topk(pairs, k, where):
+    "Sort `(id, logprob)` pairs by logprob (descending, ties by id) and keep `k`."
+    pairs = sorted(pairs, key=lambda p: (-p[1], p[0]))
+    if len(pairs) < k: raise ValueError(f"{where}: the server returned {len(pairs)} top logprobs, expected {k}")
+    return [p[0] for p in pairs[:k]], [p[1] for p in pairs[:k]]
+
+def _vllm_id(token:str, where) -> int:
+    if not token.startswith("token_id:"):
+        raise ValueError(f"{where}: got token {token!r}, not 'token_id:N': is the server vLLM with return_tokens_as_token_ids?")
+    return int(token[len("token_id:"):])
+
+def parse_vllm_completion(choice:dict, k:int) -> tuple:
+    "Ids, top-k ids, top-k logprobs and finish reason from one vLLM Completions choice (as a dict)."
+    lp = choice.get("logprobs") or {}
+    tops = lp.get("top_logprobs")
+    if tops is None: raise ValueError("vLLM reply has no logprobs: the request must set logprobs=K")
+    ids = choice.get("token_ids")
+    if ids is None: ids = [_vllm_id(t, "vLLM reply") for t in lp["tokens"]]
+    if len(ids) != len(tops): raise ValueError(f"vLLM reply has {len(ids)} token ids but {len(tops)} top-logprob positions")
+    topk = [_sorted_topk([(_vllm_id(t, "vLLM top_logprobs"), v) for t, v in d.items()], k, f"vLLM position {i}")
+            for i, d in enumerate(tops)]
+    return list(ids), [t[0] for t in topk], [t[1] for t in topk], choice.get("finish_reason")
+
+def parse_sglang_generate(reply:dict, k:int) -> tuple:
+    "Ids, top-k ids, top-k logprobs and finish reason from one SGLang `/generate` reply."
+    meta = reply.get("meta_info") or {}
+    chosen, tops = meta.get("output_token_logprobs"), meta.get("output_top_logprobs")
+    if chosen is None or tops is None: raise ValueError("SGLang reply has no logprobs: the request must set return_logprob and top_logprobs_num")
+    ids = reply.get("output_ids") or [t[1] for t in chosen]
+    if len(ids) != len(tops): raise ValueError(f"SGLang reply has {len(ids)} token ids but {len(tops)} top-logprob positions")
+    topk = [_sorted_topk([(int(t[1]), float(t[0])) for t in top or []], k, f"SGLang position {i}") for i, top in enumerate(tops)]
+    finish = meta.get("finish_reason")
+    return list(ids), [t[0] for t in topk], [t[1] for t in topk], finish.get("type") if isinstance(finish, dict) else finish
+
+# %% ../nbs/03_clients.ipynb #70bf544f
+PROBE_TEXT = "Self-study probe: Héllo wörld 42 — 3.14\t🪁 <|im_start|>user\nkites<|im_end|>\n"
+
+class ServerError(RuntimeError): "A teacher server failed, or disagrees with the local tokenizer."
+
+def _root(url:str) -> str:
+    url = url.rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
+
+class OpenAIClient:
+    "A teacher behind OpenAI-compatible servers (vLLM, SGLang): async, bounded concurrency, round-robin, retries."
+    def __init__(self, base_urls:str|list[str],   # server URL(s), e.g. "http://127.0.0.1:8000/v1"
+                 model:str|None=None,              # served model name (default: the first one the server lists)
+                 tokenizer=None,                   # the model's tokenizer: builds prompts, checked against the server
+                 server:str="vllm",                # "vllm" or "sglang"
+                 api_key:str="EMPTY",              # sent as a bearer token
+                 concurrency:int=32,               # requests in flight, over all servers
+                 timeout:float=600.0,              # seconds per request
+                 max_retries:int=3,                # retries per request (exponential backoff), then the batch fails
+                 backoff:float=1.0,                # first retry delay in seconds
+                 probe:bool=True):                 # check model and tokenizer on every server now
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+            raise ValueError(f"base_urls must be http(s) URL(s), got {base_urls!r}")
+        if server not in ("vllm", "sglang"): raise ValueError(f"server must be 'vllm' or 'sglang', got {server!r}")
+        if tokenizer is None: raise ValueError("OpenAIClient needs the model's tokenizer (tokenizer=...): prompts are sent as token ids")
+        if concurrency < 1 or max_retries < 0: raise ValueError("concurrency must be >= 1 and max_retries >= 0")
+        self.roots, self.model, self.tokenizer, self.server = [_root(u) for u in urls], model, tokenizer, server
+        self.api_key, self.concurrency, self.timeout, self.max_retries, self.backoff = api_key, concurrency, timeout, max_retries, backoff
+        self.stop_ids, self._next = end_of_turn_ids(tokenizer), itertools.count()
+        if probe: self.probe()
+        self.name = f"{server}:{self.model}"
+    def __repr__(self): return f"OpenAIClient({self.server}, {self.model!r}, {len(self.roots)} server(s), concurrency={self.concurrency})"
+
+# %% ../nbs/03_clients.ipynb #4f357b86
+def _run(coro):
+    "Run `coro` to completion, also from inside a running event loop (Jupyter)."
+    try: asyncio.get_running_loop()
+    except RuntimeError: return asyncio.run(coro)
+    out = {}
+    def target():
+        try: out["result"] = asyncio.run(coro)
+        except BaseException as e: out["error"] = e
+    t = threading.Thread(target=target); t.start(); t.join()
+    if "error" in out: raise out["error"]
+    return out["result"]
+
+def _clients(self:OpenAIClient):
+    import openai
+    return [openai.AsyncOpenAI(base_url=r + "/v1", api_key=self.api_key, timeout=self.timeout, max_retries=0) for r in self.roots]
+OpenAIClient._clients = _clients
+
+_RETRIABLE = ("APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError")
+
+async def _with_retries(self:OpenAIClient, what:str, call):
+    "Await `call(client_index)` on servers in turn, retrying retriable errors with backoff."
+    for attempt in range(self.max_retries + 1):
+        server = next(self._next) % len(self.roots)
+        try: return await call(server)
+        except Exception as e:
+            if type(e).__name__ not in _RETRIABLE: raise ServerError(f"{what} failed on {self.roots[server]}: {type(e).__name__}: {e}") from e
+            if attempt == self.max_retries:
+                raise ServerError(f"{what} failed after {attempt + 1} tries (last on {self.roots[server]}): {type(e).__name__}: {e}") from e
+            await asyncio.sleep(self.backoff * 2 ** attempt * (1 + random.random()))
+OpenAIClient._with_retries = _with_retries
+
+# %% ../nbs/03_clients.ipynb #141f15de
+async def _server_tokens(self:OpenAIClient, client, root) -> list[int]:
+    if self.server == "vllm":
+        r = await client.post(root + "/tokenize", cast_to=object, body={"model": self.model, "prompt": PROBE_TEXT, "add_special_tokens": False})
+        return list(r["tokens"])
+    r = await client.post(root + "/generate", cast_to=object, body={"text": PROBE_TEXT, "sampling_params": {"max_new_tokens": 1},
+                                                                   "return_logprob": True, "logprob_start_len": 0})
+    ids = [t[1] for t in r["meta_info"]["input_token_logprobs"]]
+    return ids[1:] if ids and ids[0] == self.tokenizer.bos_token_id else ids
+
+async def _aprobe(self:OpenAIClient):
+    local = self.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    clients = self._clients()
+    try:
+        for client, root in zip(clients, self.roots):
+            try: served = [m.id for m in (await client.models.list()).data]
+            except Exception as e: raise ServerError(f"No OpenAI-compatible server answers at {root}/v1 ({type(e).__name__}: {e})") from e
+            if self.model is None: self.model = served[0]
+            if self.model not in served: raise ServerError(f"{root} serves {served}, not {self.model!r}")
+            remote = await self._server_tokens(client, root)
+            if remote != local:
+                raise ServerError(f"The tokenizer of {root} ({self.model}) disagrees with the local tokenizer on the probe string "
+                                  f"{PROBE_TEXT!r}: server {remote} vs local {local}. Pass the tokenizer of the served model.")
+    finally:
+        for c in clients: await c.close()
+
+def _probe(self:OpenAIClient):
+    "Check that every server answers, serves `model`, and tokenizes like the local tokenizer."
+    _run(self._aprobe())
+OpenAIClient._server_tokens, OpenAIClient._aprobe, OpenAIClient.probe = _server_tokens, _aprobe, _probe
+
+# %% ../nbs/03_clients.ipynb #549d5819
+async def _one(self:OpenAIClient, clients, sem, i, ids, temperature, max_tokens, k):
+    async def call(s):
+        c, root = clients[s], self.roots[s]
+        if self.server == "vllm":
+            r = await c.completions.create(model=self.model, prompt=ids, max_tokens=max_tokens, temperature=temperature, logprobs=k,
+                                           extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True,
+                                                       "stop_token_ids": self.stop_ids})
+            return parse_vllm_completion(r.choices[0].model_dump(), k)
+        r = await c.post(root + "/generate", cast_to=object, body={
+            "input_ids": ids, "return_logprob": True, "top_logprobs_num": k, "logprob_start_len": -1,
+            "sampling_params": {"temperature": temperature, "max_new_tokens": max_tokens, "stop_token_ids": self.stop_ids}})
+        return parse_sglang_generate(r, k)
+    async with sem:
+        out, top_ids, top_lps, finish = await self._with_retries(f"request for conversation {i}", call)
+    if finish not in ("stop", "length"): raise ServerError(f"conversation {i}: the server ended the reply with finish_reason={finish!r}")
+    return Sample(self.tokenizer.decode(out, skip_special_tokens=True), out, top_ids, top_lps, finish, len(ids))
+
+async def _achat(self:OpenAIClient, conversations, temperature:float=0.0, max_tokens:int=256, top_logprobs:int=20,
+                 enable_thinking:bool=False) -> list[Sample]:
+    "Async `chat`: one request per conversation, at most `concurrency` in flight."
+    conversations = check_conversations(conversations); _check_args(temperature, max_tokens, top_logprobs)
+    prompts = [chat_prompt_ids(self.tokenizer, c, enable_thinking) for c in conversations]
+    clients, sem = self._clients(), asyncio.Semaphore(self.concurrency)
+    try: return list(await asyncio.gather(*[self._one(clients, sem, i, p, temperature, max_tokens, top_logprobs) for i, p in enumerate(prompts)]))
+    finally:
+        for c in clients: await c.close()
+
+def _openai_chat(self:OpenAIClient, conversations, temperature:float=0.0, max_tokens:int=256, top_logprobs:int=20,
+                 enable_thinking:bool=False) -> list[Sample]:
+    "Reply to each conversation; returns one `Sample` per conversation, in order."
+    return _run(self.achat(conversations, temperature, max_tokens, top_logprobs, enable_thinking))
+OpenAIClient._one, OpenAIClient.achat, OpenAIClient.chat = _one, _achat, _openai_chat
