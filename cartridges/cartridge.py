@@ -13,7 +13,7 @@ from transformers import DynamicCache, GenerationConfig, TextIteratorStreamer
 # %% auto #0
 __all__ = ['INIT_METHODS', 'CARTRIDGE_ATTENTION', 'WEIGHTS_NAME', 'META_NAME', 'FORMAT', 'CartridgeError', 'Cartridge',
            'model_identity', 'tokenizer_hash', 'prefill_kv', 'summarize', 'cartridge_attention', 'chat_batch',
-           'check_compatible']
+           'check_compatible', 'kv_bytes']
 
 # %% ../nbs/05_cartridge.ipynb #2d2ea1b5
 class CartridgeError(ValueError):
@@ -398,3 +398,68 @@ def load(cls:Cartridge, path,          # a cartridge folder, or a Hub repo id
     try: c = cls(t["frozen_kv"], t["trainable_kv"], meta)
     except CartridgeError as e: raise CartridgeError(f"{folder/WEIGHTS_NAME}: {e}") from e
     return c.to(model.device) if model is not None else c
+
+# %% ../nbs/05_cartridge.ipynb #4a7ee152
+@patch(cls_method=True)
+def compose(cls:Cartridge, cartridges:list[Cartridge]) -> Cartridge:
+    "One cartridge that is the concatenation of `cartridges` (same model), the first one's frozen tokens kept frozen."
+    cartridges = list(cartridges)
+    if not cartridges or not all(isinstance(c, Cartridge) for c in cartridges):
+        raise CartridgeError("compose needs a non-empty list of Cartridge objects")
+    first = cartridges[0]
+    for i, c in enumerate(cartridges[1:], 1):
+        if (c.n_layers, c.n_kv_heads, c.head_dim) != (first.n_layers, first.n_kv_heads, first.head_dim):
+            raise CartridgeError(f"cartridge {i} has (layers, kv_heads, head_dim)={(c.n_layers, c.n_kv_heads, c.head_dim)}, "
+                                 f"cartridge 0 has {(first.n_layers, first.n_kv_heads, first.head_dim)}: they belong to different models")
+        h0, hi = (first.meta.get("model") or {}).get("config_hash"), (c.meta.get("model") or {}).get("config_hash")
+        if h0 and hi and h0 != hi: raise CartridgeError(f"cartridge {i} was made for a different model than cartridge 0")
+    trainable = torch.cat([first.trainable_kv.detach()] + [c.kv.detach() for c in cartridges[1:]], dim=3)
+    parts = [dict(p=c.p, num_frozen=c.num_frozen, initializer=c.meta.get("initializer"), training=c.meta.get("training"))
+             for c in cartridges]
+    meta = {**first.meta, "initializer": dict(method="compose", parts=parts), "training": {}}
+    return cls(first.frozen_kv.detach(), trainable, meta)
+
+# %% ../nbs/05_cartridge.ipynb #66842b31
+def kv_bytes(model_or_cartridge, n_tokens:int, dtype:torch.dtype|None=None) -> int:
+    "Bytes of the KV cache of `n_tokens` tokens for a model (or a cartridge's model) at `dtype` (default: its own)."
+    if isinstance(model_or_cartridge, Cartridge):
+        c = model_or_cartridge
+        L, H, D = c.n_layers, c.n_kv_heads, c.head_dim
+        dtype = dtype or getattr(torch, (c.meta.get("model") or {}).get("dtype", "float32"), torch.float32)
+    else:
+        (L, H, D), dtype = _kv_shape(model_or_cartridge), dtype or model_or_cartridge.dtype
+    return 2 * L * H * D * n_tokens * dtype.itemsize
+
+@patch
+def memory_report(self:Cartridge, tokenizer,
+                  corpus,                        # the text (str) or resource(s) the cartridge stands in for
+                  dtype:torch.dtype|None=None    # KV dtype when serving (default: the model's at init)
+                 ) -> dict:
+    "KV bytes of this cartridge vs. the corpus in context, at the same dtype."
+    text = corpus if isinstance(corpus, str) else _corpus_text(corpus)
+    n = len(tokenizer(text, add_special_tokens=False).input_ids)
+    mine, theirs = kv_bytes(self, self.p, dtype), kv_bytes(self, n, dtype)
+    return dict(cartridge_tokens=self.p, corpus_tokens=n, cartridge_bytes=mine, corpus_bytes=theirs,
+                ratio=theirs / mine)
+
+# %% ../nbs/05_cartridge.ipynb #9ecb5707
+def _fmt_bytes(n:int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+@patch
+def _repr_html_(self:Cartridge) -> str:
+    import html
+    m, init, train = self.meta.get("model") or {}, self.meta.get("initializer") or {}, self.meta.get("training") or {}
+    rows = [("shape", f"{self.n_layers} layers × {self.n_kv_heads} KV heads × {self.p} tokens × {self.head_dim} dims"),
+            ("tokens", f"{self.p} ({self.num_frozen} frozen, {self.p - self.num_frozen} trainable)"),
+            ("size", f"{_fmt_bytes(self.nbytes)} (fp32); {_fmt_bytes(kv_bytes(self, self.p))} as KV cache at {m.get('dtype', 'float32')}"),
+            ("model", f"{m.get('name', '?')} (config {m.get('config_hash', '?')})"),
+            ("initializer", init.get("method", "?") + (f": “{init['text'][:80]}…”" if init.get("text") else "")),
+            ("training", ", ".join(f"{k}={v}" for k, v in train.items()) or "not trained")]
+    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table><caption style='text-align:left'><b>Cartridge</b></caption>{body}</table>"
+
+# %% ../nbs/05_cartridge.ipynb #8375f8c6
+import cartridges.cartridge_formats  # noqa: E402,F401  (adds to_peft, from_peft, save_peft, export_tokasaurus, push_to_hub)
