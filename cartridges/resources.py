@@ -13,7 +13,7 @@ from pathlib import Path
 __all__ = ['CODE_EXTENSIONS', 'SEED_PROMPTS', 'CHUNKERS', 'Chunk', 'Chunks', 'count_tokens', 'check_budget', 'Chunker',
            'TokenChunker', 'CharChunker', 'guess_format', 'split_sections', 'StructureChunker', 'ChunkSampler',
            'SeedPrompts', 'Resource', 'TextResource', 'read_text_file', 'TextFileResource', 'DirectoryResource',
-           'JSONResource', 'LaTeXResource']
+           'JSONResource', 'LaTeXResource', 'SlackResource', 'GmailResource']
 
 # %% ../nbs/02_resources.ipynb #f6bcc576
 @dataclass
@@ -50,14 +50,13 @@ class Chunks(list):
     def _repr_html_(self):
         return f"<p><b>{len(self)} chunks</b>, {self.n_tokens:,} tokens</p>" + _chunks_html(self)
 
-# %% ../nbs/02_resources.ipynb #8fcc6bdc
-_BREAKS = ("\n\n", "\n", ". ", " ", "\t")
+# %% ../nbs/02_resources.ipynb #fbb6ad04
+_BREAKS = (("\n\n", 2), ("\n", 3), (". ", 5), (" ", 5), ("\t", 5))  # (break, looked for in the last 1/n of the span)
 
 def _snap(text:str, lo:int, hi:int) -> int:
     "A cut position in (lo, hi] at a word boundary, preferring stronger breaks near `hi`; `hi` if there is none."
-    near = max(lo + 1, hi - max(1, (hi - lo) // 5))  # nicer breaks are only looked for in the last fifth
-    for b in _BREAKS:
-        i = text.rfind(b, near, hi)
+    for b, n in _BREAKS:
+        i = text.rfind(b, max(lo + 1, hi - max(1, (hi - lo) // n)), hi)
         if i > lo: return i + len(b)
     i = max(text.rfind(" ", lo + 1, hi), text.rfind("\n", lo + 1, hi))
     return i + 1 if i > lo else hi
@@ -483,11 +482,11 @@ class TextFileResource(Resource):
         text = read_text_file(self.path)
         return [Chunk(text, self.path.name, self.name, None, {"format": self.format or guess_format(text, self.path.name), "path": str(self.path)})]
 
-# %% ../nbs/02_resources.ipynb #100e058b
+# %% ../nbs/02_resources.ipynb #17dcde17
 _ELSEWHERE = {"DirectoryResource": "cartridges.files", "JSONResource": "cartridges.files", "LaTeXResource": "cartridges.files",
               "walk_files": "cartridges.files", "safe_extract": "cartridges.files", "flatten_json": "cartridges.files",
               "SlackResource": "cartridges.messaging", "GmailResource": "cartridges.messaging"}
-_all_ = ["DirectoryResource", "JSONResource", "LaTeXResource"]
+_all_ = ["DirectoryResource", "JSONResource", "LaTeXResource", "SlackResource", "GmailResource"]
 
 def __getattr__(name):
     "Resources defined in `cartridges.files` and `cartridges.messaging`, importable from this module."
