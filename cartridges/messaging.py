@@ -282,7 +282,7 @@ def read_mailbox(path) -> list[dict]:
     try: return [mail_record(m, f"{path.name}#{i}") for i, m in enumerate(box)]
     finally: box.close()
 
-# %% ../nbs/02b_messaging.ipynb #21104eb6
+# %% ../nbs/02b_messaging.ipynb #c667daec
 def _require_mcp():
     try:
         import mcp  # noqa: F401
@@ -298,8 +298,8 @@ def _tool_payload(result, tool:str):
     if getattr(result, "is_error", None) or getattr(result, "isError", None):
         raise RuntimeError(f"MCP tool {tool!r} failed: {text[:500]}")
     structured = getattr(result, "structured_content", None) or getattr(result, "structuredContent", None)
-    if structured is not None:
-        return structured["result"] if isinstance(structured, dict) and set(structured) == {"result"} else structured
+    if isinstance(structured, dict) and set(structured) == {"result"}: structured = structured["result"]  # a wrapped plain value
+    if structured is not None and not isinstance(structured, str): return structured
     try: return json.loads(text)
     except json.JSONDecodeError: return text
 
