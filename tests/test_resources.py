@@ -211,6 +211,12 @@ def test_bad_inputs_name_the_file(tmp_path, tok):
     (tmp_path/"paper/main.tex").write_text("\\documentclass{article}\\begin{document}\n\\input{intro}\n\\end{document}\n")
     with pytest.raises(FileNotFoundError, match=r"main.tex': \\input\{intro\} names a missing file"): LaTeXResource(tmp_path/"paper").text()
 
+def test_pipe_is_refused_not_read(tmp_path):
+    os.mkfifo(tmp_path/"pipe.txt")   # reading it would block forever
+    with pytest.raises(ValueError, match="pipe.txt' is not a regular file"): TextFileResource(tmp_path/"pipe.txt").text()
+    (tmp_path/"a.md").write_text("# A\nSome text.\n")
+    assert [u.source for u in DirectoryResource(tmp_path).units()] == ["a.md"]   # a folder walk skips it
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_unreadable_file(tmp_path):
     p = tmp_path/"secret.txt"; p.write_text("x"); p.chmod(0)
