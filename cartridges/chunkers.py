@@ -71,7 +71,7 @@ def _windows(text:str, starts, max_len:int) -> list[tuple[int, int]]:
     spans.append((c0, len(text)))
     return spans
 
-# %% ../nbs/02a_chunkers.ipynb #02801c32
+# %% ../nbs/02a_chunkers.ipynb #310523e0
 def count_tokens(tokenizer, texts:list[str]) -> list[int]:
     "Number of tokens (no special tokens) of each text."
     if not texts: return []
@@ -86,8 +86,9 @@ def check_budget(min_len:int, max_len:int, unit:str="tokens"):
 class Chunker:
     "Base class: cut units into pieces (`_pieces`), pack small neighbours, count tokens."
     def __init__(self, tokenizer=None, # tokenizer that counts tokens (required by token chunkers)
-                 min_tokens:int=128,   # pieces shorter than this are packed with their neighbours
-                 max_tokens:int=512):  # no chunk is longer than this
+                 min_tokens:int|None=None, # pieces shorter than this are packed with their neighbours (default max_tokens // 4)
+                 max_tokens:int=512):      # no chunk is longer than this
+        if min_tokens is None: min_tokens = max_tokens // 4
         check_budget(min_tokens, max_tokens)
         self.tokenizer, self.min_tokens, self.max_tokens = tokenizer, min_tokens, max_tokens
 
@@ -142,23 +143,24 @@ def _pack(pieces:list[Chunk], chunker:Chunker) -> list[Chunk]:
     settle(out)
     return out
 
-# %% ../nbs/02a_chunkers.ipynb #a4dbc999
+# %% ../nbs/02a_chunkers.ipynb #b1873ea2
 def _strip_span(text, a, b):
     "`text[a:b]` without surrounding whitespace."
     return text[a:b].strip()
 
 class TokenChunker(Chunker):
     "Cut each unit into balanced windows of at most `max_tokens` tokens, at word boundaries."
-    def __init__(self, tokenizer, min_tokens:int=128, max_tokens:int=512):
+    def __init__(self, tokenizer, min_tokens:int|None=None, max_tokens:int=512):
         if tokenizer is None: raise ValueError("TokenChunker needs a tokenizer to count tokens")
         super().__init__(tokenizer, min_tokens, max_tokens)
 
-# %% ../nbs/02a_chunkers.ipynb #06a0abcd
+# %% ../nbs/02a_chunkers.ipynb #a5c7a669
 class CharChunker(Chunker):
     "Cut each unit into balanced windows of at most `max_chars` characters, at word boundaries."
     def __init__(self, tokenizer=None,      # only used to fill in `Chunk.n_tokens`
-                 min_chars:int=500,         # pieces shorter than this are packed with their neighbours
+                 min_chars:int|None=None,   # pieces shorter than this are packed with their neighbours (default max_chars // 4)
                  max_chars:int=2000):       # no chunk is longer than this
+        if min_chars is None: min_chars = max_chars // 4
         check_budget(min_chars, max_chars, "chars")
         self.tokenizer, self.min_tokens, self.max_tokens = tokenizer, min_chars, max_chars  # lengths are in characters
 
@@ -215,10 +217,10 @@ def split_sections(text:str, fmt:str) -> list[tuple[str, str]]:
     ends = [p for p, _ in cuts[1:]] + [len(text)]
     return [(t, text[p:e]) for (p, t), e in zip(cuts, ends)]
 
-# %% ../nbs/02a_chunkers.ipynb #664a7295
+# %% ../nbs/02a_chunkers.ipynb #cc73b9df
 class StructureChunker(Chunker):
     "Split units at their own structure (headings, sections, definitions, paragraphs), then pack to the budget."
-    def __init__(self, tokenizer, min_tokens:int=128, max_tokens:int=512):
+    def __init__(self, tokenizer, min_tokens:int|None=None, max_tokens:int=512):
         if tokenizer is None: raise ValueError("StructureChunker needs a tokenizer to count tokens")
         super().__init__(tokenizer, min_tokens, max_tokens)
 

@@ -61,7 +61,7 @@ SEED_PROMPTS = {
     ],
 }
 
-# %% ../nbs/02_resources.ipynb #8f6b1be8
+# %% ../nbs/02_resources.ipynb #e5908a6c
 class SeedPrompts:
     "Draw `(seed_type, prompt)` pairs from the seed prompt families, by weight."
     def __init__(self, families:None|list[str]|dict[str,float]=None, # families to use (default: all six), or {family: weight}
@@ -93,8 +93,15 @@ class SeedPrompts:
         return family, prompt
 
     def __repr__(self): return f"SeedPrompts({', '.join(f'{k}={v:g}' for k, v in self.weights.items())})"
+    def _repr_html_(self):
+        total = sum(self.weights.values())
+        rows = "".join(f"<tr><td style='text-align:left'><b>{_esc(f)}</b></td><td>{w / total:.0%}</td>"
+                       f"<td>{'callable' if f == 'custom' and callable(self.custom) else len(self.custom if f == 'custom' else SEED_PROMPTS[f])}</td>"
+                       f"<td style='text-align:left'>{_esc('(your function)' if f == 'custom' and callable(self.custom) else (self.custom if f == 'custom' else SEED_PROMPTS[f])[0], 140)}</td></tr>"
+                       for f, w in self.weights.items())
+        return f"<table><thead><tr><th>family</th><th>share</th><th>variants</th><th>first variant</th></tr></thead><tbody>{rows}</tbody></table>"
 
-# %% ../nbs/02_resources.ipynb #88517b09
+# %% ../nbs/02_resources.ipynb #46854056
 CHUNKERS = {"structure": StructureChunker, "token": TokenChunker, "char": CharChunker}
 
 class Resource:
@@ -103,10 +110,11 @@ class Resource:
     section_in_source = True   # chunk sources read `unit › section` (False: the unit's source alone, e.g. a file path)
     def __init__(self, name:str|None=None,               # name shown in chunks and conversations
                  chunker:str|Chunker="structure",        # `structure`, `token`, `char`, or a `Chunker`
-                 min_tokens:int=128,                     # chunks below this are packed with neighbours
+                 min_tokens:int|None=None,               # chunks below this are packed with neighbours (default max_tokens // 4)
                  max_tokens:int=512):                    # the token budget of one chunk
         if isinstance(chunker, str) and chunker not in CHUNKERS:
             raise ValueError(f"Unknown chunker {chunker!r}; use one of {sorted(CHUNKERS)} or a Chunker")
+        if min_tokens is None: min_tokens = max_tokens // 4
         check_budget(min_tokens, max_tokens)
         self.name, self.chunker, self.min_tokens, self.max_tokens = name or self.kind, chunker, min_tokens, max_tokens
         self._units, self._chunks = None, {}
@@ -128,7 +136,7 @@ class Resource:
         "The whole corpus as one text."
         return "\n\n".join(u.text.strip() for u in self.units())
 
-# %% ../nbs/02_resources.ipynb #92b19969
+# %% ../nbs/02_resources.ipynb #35223dbb
 def _tokenizer_key(tokenizer):
     return (getattr(tokenizer, "name_or_path", ""), len(tokenizer), type(tokenizer).__name__)
 
@@ -160,7 +168,7 @@ def _chunks(self:Resource, tokenizer=None) -> Chunks:
     return self._chunks[key]
 Resource.chunks = _chunks
 
-# %% ../nbs/02_resources.ipynb #2ec4dded
+# %% ../nbs/02_resources.ipynb #ae9728a6
 def _stats(self:Resource, tokenizer=None) -> dict:
     "Chunk count and token totals: they size the cartridge and the in-context baseline."
     tokenizer = _default_tokenizer(tokenizer)
@@ -181,7 +189,7 @@ def _repr_html(self:Resource):
 Resource._repr_html_ = _repr_html
 Resource.__repr__ = lambda self: f"{type(self).__name__}({self.name!r})"
 
-# %% ../nbs/02_resources.ipynb #25b75424
+# %% ../nbs/02_resources.ipynb #9b56684d
 class TextResource(Resource):
     "A corpus given as a string."
     kind = "text"
@@ -196,7 +204,7 @@ class TextResource(Resource):
     def load_units(self):
         return [Chunk(self._text, self.name, self.name, None, {"format": self.format or guess_format(self._text)})]
 
-# %% ../nbs/02_resources.ipynb #47a6b21f
+# %% ../nbs/02_resources.ipynb #600369c5
 def read_text_file(path, what:str="file") -> str:
     "Read `path` as UTF-8 text: clear errors for missing/unreadable/binary files, a warning for replaced bytes."
     p = Path(path)
@@ -220,7 +228,7 @@ def _n_replaced_bytes(data:bytes) -> int:
         except UnicodeDecodeError as e: n += e.end - e.start; i += e.end
     return n
 
-# %% ../nbs/02_resources.ipynb #57e74d78
+# %% ../nbs/02_resources.ipynb #c7a8c693
 class TextFileResource(Resource):
     "A corpus in one text file."
     kind = "text file"
@@ -237,7 +245,7 @@ class TextFileResource(Resource):
         text = read_text_file(self.path)
         return [Chunk(text, self.path.name, self.name, None, {"format": self.format or guess_format(text, self.path.name), "path": str(self.path)})]
 
-# %% ../nbs/02_resources.ipynb #39dcf402
+# %% ../nbs/02_resources.ipynb #4a698497
 _ELSEWHERE = {"DirectoryResource": "cartridges.files", "JSONResource": "cartridges.files", "LaTeXResource": "cartridges.files",
               "walk_files": "cartridges.files", "safe_extract": "cartridges.files", "flatten_json": "cartridges.files",
               "SlackResource": "cartridges.messaging", "GmailResource": "cartridges.messaging",
