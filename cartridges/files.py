@@ -58,7 +58,7 @@ def walk_files(root, include=None, exclude=None, gitignore:bool=True, max_file_b
     walk(root, [])
     return keep, skipped
 
-# %% ../nbs/02b_files.ipynb #7b72965d
+# %% ../nbs/02b_files.ipynb #5829a8df
 def _notebook_text(path:Path) -> str:
     "The cells of a Jupyter notebook as Markdown (code cells fenced), without outputs."
     try: nb = json.loads(read_text_file(path))
@@ -94,12 +94,14 @@ class DirectoryResource(Resource):
         units = []
         for rel in files:
             p = self.path/rel
-            text = _notebook_text(p) if p.suffix == ".ipynb" else read_text_file(p)
+            try: text = _notebook_text(p) if p.suffix == ".ipynb" else read_text_file(p)
+            except (OSError, ValueError) as e:  # one bad file does not sink a whole repository: say which, skip it
+                warnings.warn(f"Skipping {str(p)!r}: {e}", stacklevel=2); self.skipped.append((rel, str(e))); continue
             if not text.strip(): continue
             units.append(Chunk(f"File: {rel}\n\n{text}", rel, self.name, None, {"format": guess_format(text, rel), "path": rel}))
         return units
 
-# %% ../nbs/02b_files.ipynb #f082e427
+# %% ../nbs/02b_files.ipynb #7b7f1876
 _KEY_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def flatten_json(obj, path:str="$") -> list[tuple[str, object]]:
@@ -110,7 +112,7 @@ def flatten_json(obj, path:str="$") -> list[tuple[str, object]]:
         return [r for i, v in enumerate(obj) for r in flatten_json(v, f"{path}[{i}]")]
     return [(path, obj)]
 
-# %% ../nbs/02b_files.ipynb #fef07300
+# %% ../nbs/02b_files.ipynb #d0c1dfbf
 def _load_json(path:Path):
     text = read_text_file(path, "JSON file")
     try:
@@ -143,7 +145,7 @@ class JSONResource(Resource):
             units.append(Chunk("\n".join(lines), path, self.name, None, {"format": "text", "json_path": path}))
         return units
 
-# %% ../nbs/02b_files.ipynb #36348635
+# %% ../nbs/02b_files.ipynb #d99c640f
 _COMMENT = re.compile(r"(?<!\\)%.*$", re.M)
 _INPUT = re.compile(r"\\(input|include|subfile)\s*\{([^}]+)\}")
 
@@ -172,13 +174,13 @@ def resolve_latex(path, root=None, _seen=None) -> str:
     return _INPUT.sub(sub, text)
 
 def _main_tex(folder:Path) -> Path:
-    texs = sorted(folder.rglob("*.tex"))
+    texs = sorted(folder.rglob("*.tex"), key=lambda p: (len(p.relative_to(folder).parts), p.as_posix()))  # top level first
     mains = [p for p in texs if re.search(r"^\s*\\documentclass", strip_latex_comments(read_text_file(p, "LaTeX file")), re.M)]
     if not mains: raise ValueError(f"No main LaTeX file (one with \\documentclass) in {str(folder)!r}" + ("" if texs else ": no .tex files at all"))
     preferred = [p for p in mains if p.stem in ("main", "paper", "ms", "article")]
     return (preferred or mains)[0]
 
-# %% ../nbs/02b_files.ipynb #c7b7520f
+# %% ../nbs/02b_files.ipynb #2553fd1f
 def safe_extract(archive, dest, max_bytes:int=200_000_000, max_files:int=10_000) -> Path:
     "Extract a tar(.gz) `archive` into `dest`, refusing members that would escape it; returns `dest`."
     archive, dest = Path(archive), Path(dest)
@@ -203,7 +205,7 @@ def safe_extract(archive, dest, max_bytes:int=200_000_000, max_files:int=10_000)
         tar.extractall(dest, filter="data")
     return dest
 
-# %% ../nbs/02b_files.ipynb #681f8913
+# %% ../nbs/02b_files.ipynb #8a807977
 class LaTeXResource(Resource):
     "A LaTeX paper: a project folder, a main .tex file, or an arXiv source archive (.tar.gz), inputs resolved."
     kind = "latex"

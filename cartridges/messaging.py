@@ -139,11 +139,14 @@ class SlackAPI:
             cursor = (answer.get("response_metadata") or {}).get("next_cursor")
             if not cursor: return items
 
-# %% ../nbs/02c_messaging.ipynb #09bc9de9
+# %% ../nbs/02c_messaging.ipynb #3aba3a68
 def fetch_slack(api:SlackAPI, channels:list[str]|None=None, oldest:str|None=None, latest:str|None=None,
                 replies:bool=True) -> tuple[dict, dict[str, list], dict]:
     "`(users, {channel: messages}, {channel_id: name})` from the Web API, thread replies included."
-    users = _user_names(api.paginate("users.list", "members"))
+    try: users = _user_names(api.paginate("users.list", "members"))
+    except SlackError as e:  # a token without users:read still reads channels; authors show as user ids
+        if "missing_scope" not in str(e): raise
+        warnings.warn(f"{e}: authors will show as Slack user ids (add the users:read scope for names)", stacklevel=2); users = {}
     listed = api.paginate("conversations.list", "channels", types="public_channel,private_channel", exclude_archived="true")
     by_name = {c["name"]: c["id"] for c in listed}
     ids = {c["id"]: c["name"] for c in listed}

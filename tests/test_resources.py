@@ -251,3 +251,12 @@ def test_archive_size_cap_and_not_an_archive(tmp_path):
     with pytest.raises(ValueError, match="big.tar.gz' unpacks to more than max_bytes=100,000"): LaTeXResource(archive, max_bytes=100_000).text()
     (tmp_path/"junk.tar.gz").write_bytes(b"not an archive at all")
     with pytest.raises(ValueError, match="junk.tar.gz' is neither a tar archive nor a gzipped .tex file"): LaTeXResource(tmp_path/"junk.tar.gz").text()
+
+def test_slack_api_without_users_scope_warns_and_uses_ids(slack_server):
+    fake, url = slack_server
+    fake.rate_limit_once = False
+    answer = fake.answer
+    fake.answer = lambda method, p: {"ok": False, "error": "missing_scope"} if method == "users.list" else answer(method, p)
+    with pytest.warns(UserWarning, match="users.list failed: missing_scope: authors will show as Slack user ids"):
+        units = SlackResource(token="xoxb-test", base_url=url, channels=["general"]).units()
+    assert units[0].metadata["author"] == "U2"
