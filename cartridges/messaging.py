@@ -53,7 +53,7 @@ def _user_names(members:list) -> dict:
         names[u["id"]] = p.get("real_name") or u.get("real_name") or p.get("display_name") or u.get("name") or u["id"]
     return names
 
-# %% ../nbs/02c_messaging.ipynb #bc43f324
+# %% ../nbs/02c_messaging.ipynb #5b0b4336
 def slack_threads(messages:list[dict], users:dict, channel:str, resource:str, channels:dict|None=None) -> list[Chunk]:
     "One unit per thread of a channel's `messages` (Slack message dicts, any order, replies included)."
     threads, seen = defaultdict(list), set()
@@ -65,7 +65,7 @@ def slack_threads(messages:list[dict], users:dict, channel:str, resource:str, ch
     for key in sorted(threads, key=float):
         msgs = sorted(threads[key], key=lambda m: float(m["ts"]))
         rows = [{"date": _slack_date(m["ts"]), "text": slack_text(m.get("text", ""), users, channels),
-                 "author": users.get(m.get("user")) or (m.get("user_profile") or {}).get("real_name") or m.get("username") or m.get("bot_id") or "unknown"}
+                 "author": users.get(m.get("user")) or (m.get("user_profile") or {}).get("real_name") or m.get("username") or m.get("user") or m.get("bot_id") or "unknown"}
                 for m in msgs]
         when = f"{rows[0]['date']:%Y-%m-%d %H:%M}"
         units.append(_thread_unit(f"#{channel} · thread started by {rows[0]['author']} on {when} UTC", rows,
