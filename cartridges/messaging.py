@@ -72,15 +72,16 @@ def slack_threads(messages:list[dict], users:dict, channel:str, resource:str, ch
                                   f"#{channel} {when} {rows[0]['author']}", resource, channel=channel, thread_ts=key))
     return units
 
-# %% ../nbs/02c_messaging.ipynb #3f869668
+# %% ../nbs/02c_messaging.ipynb #d712ca93
 def _read_json(path:Path, what:str):
     try: return json.loads(read_text_file(path, what))
     except json.JSONDecodeError as e: raise ValueError(f"{str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from e
 
-def read_slack_export(folder, channels:list[str]|None=None) -> tuple[dict, dict[str, list]]:
-    "`(users, {channel: messages})` from a Slack export folder, optionally only the named `channels`."
+def read_slack_export(folder, channels:list[str]|None=None) -> tuple[dict, dict[str, list], dict]:
+    "`(users, {channel: messages}, {channel_id: name})` from a Slack export folder, optionally only the named `channels`."
     folder = Path(folder)
     users = _user_names(_read_json(folder/"users.json", "Slack users file")) if (folder/"users.json").exists() else {}
+    ids = {c["id"]: c["name"] for c in _read_json(folder/"channels.json", "Slack channels file") if "id" in c and "name" in c} if (folder/"channels.json").exists() else {}
     found = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and any(p.glob("*.json"))}
     if not found: raise ValueError(f"{str(folder)!r} is not a Slack export: no channel folders with daily .json files")
     if channels is not None:
@@ -95,7 +96,7 @@ def read_slack_export(folder, channels:list[str]|None=None) -> tuple[dict, dict[
             if not isinstance(data, list): raise ValueError(f"{str(day)!r} is not a Slack day file: expected a list of messages")
             msgs += [m for m in data if isinstance(m, dict) and "ts" in m]
         out[name] = msgs
-    return users, out
+    return users, out, ids
 
 # %% ../nbs/02c_messaging.ipynb #0a2c6a4b
 class SlackError(RuntimeError): "The Slack API answered with an error."
@@ -166,7 +167,7 @@ def fetch_slack(api:SlackAPI, channels:list[str]|None=None, oldest:str|None=None
         out[name] = msgs
     return users, out, ids
 
-# %% ../nbs/02c_messaging.ipynb #4e4f6b22
+# %% ../nbs/02c_messaging.ipynb #7b9f388f
 class SlackResource(Resource):
     "A Slack workspace, from an export folder or the Web API; one unit per thread."
     kind = "slack"
@@ -186,7 +187,7 @@ class SlackResource(Resource):
         self.channels, self.oldest, self.latest = channels, oldest, latest
 
     def load_units(self):
-        if self.api is None: (users, chans), ids = read_slack_export(self.path, self.channels), {}
+        if self.api is None: users, chans, ids = read_slack_export(self.path, self.channels)
         else: users, chans, ids = fetch_slack(self.api, self.channels, self.oldest, self.latest)
         return [u for ch, msgs in chans.items() for u in slack_threads(msgs, users, ch, self.name, ids)]
 

@@ -168,7 +168,7 @@ def _chunks(self:Resource, tokenizer=None) -> Chunks:
     return self._chunks[key]
 Resource.chunks = _chunks
 
-# %% ../nbs/02_resources.ipynb #ae9728a6
+# %% ../nbs/02_resources.ipynb #afb2e4da
 def _stats(self:Resource, tokenizer=None) -> dict:
     "Chunk count and token totals: they size the cartridge and the in-context baseline."
     tokenizer = _default_tokenizer(tokenizer)
@@ -183,6 +183,8 @@ Resource.stats = _stats
 def _repr_html(self:Resource):
     units = self.units()
     head = f"<p><b>{_esc(self.kind)}</b> <code>{_esc(self.name)}</code>: {len(units)} units, {sum(len(u.text) for u in units):,} characters"
+    skipped = getattr(self, "skipped", None)
+    if skipped: head += f", {len(skipped)} file(s) skipped ({_esc(', '.join(f'{p}: {why}' for p, why in skipped[:3]), 200)})"
     if not self._chunks: return head + " (call <code>.chunks(tokenizer)</code> to see its chunks)</p>" + _chunks_html(units, 5)
     chunks = next(iter(self._chunks.values()))
     return head + f", {len(chunks)} chunks, {chunks.n_tokens:,} tokens</p>" + _chunks_html(chunks)
