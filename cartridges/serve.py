@@ -92,7 +92,7 @@ class CartridgeStore:
         return sorted(str(p.parent.relative_to(self.root)) for p in self.root.rglob("meta.json")
                       if p.resolve().is_relative_to(self.root) and p.parent != self.root)
 
-# %% ../nbs/09_serve.ipynb #4e2b2b17
+# %% ../nbs/09_serve.ipynb #d30f1970
 from fastcore.basics import patch
 
 @patch
@@ -142,10 +142,7 @@ def get(self:CartridgeStore, spec):
 
 def _compose(carts):
     from cartridges.cartridge import Cartridge
-    if hasattr(Cartridge, "compose"): return Cartridge.compose(carts)
-    # the same operation (prefixes concatenated in order) until `Cartridge.compose` exists
-    first = carts[0]
-    return Cartridge(first.frozen_kv, torch.cat([first.trainable_kv] + [c.kv for c in carts[1:]], 3), first.meta)
+    return Cartridge.compose(carts)
 
 @patch
 def prefix(self:CartridgeStore, specs:list) -> KV|None:
@@ -176,7 +173,7 @@ def sample_next(logits:torch.Tensor, # [B, vocab] next-token logits
         out[b] = torch.multinomial(probs, 1, generator=g)[0]
     return out
 
-# %% ../nbs/09_serve.ipynb #830903d9
+# %% ../nbs/09_serve.ipynb #28fb8edc
 @dataclass(eq=False)
 class GenerationRequest:
     "One generation job for `BatchEngine`."
@@ -186,6 +183,7 @@ class GenerationRequest:
     temperature: float = 0.0 # 0 is greedy
     top_p: float = 1.0 # nucleus sampling mass
     seed: int|None = None # seeds this request's own RNG
+    ignore_eos: bool = False # go on after the end-of-turn token (benchmarks: always `max_tokens` tokens)
     on_event: Callable|None = None # called (from the engine thread) with ("token", id) / ("done", reason) / ("error", msg)
     tokens: list = field(default_factory=list) # generated token ids so far (end-of-turn token excluded)
     finish_reason: str|None = None # "stop" (end of turn), "length" (max_tokens or context), "cancelled", "error"
@@ -205,7 +203,7 @@ class GenerationRequest:
         self._emit("error", error) if reason == "error" else self._emit("done", reason)
         self.done.set()
 
-# %% ../nbs/09_serve.ipynb #84e19bba
+# %% ../nbs/09_serve.ipynb #45722b26
 class EngineBusy(RuntimeError): "The engine's queue is full."
 
 class BatchEngine:
@@ -227,7 +225,7 @@ class BatchEngine:
         self._pending, self._cv = collections.deque(), threading.Condition()
         self._rows, self._kv, self._mask, self._pos, self._last = [], None, None, None, None
         self._thread, self._stopping = None, False
-        self.stats = collections.Counter()  # steps, tokens, prefills, max_batch_seen
+        self.stats = collections.Counter()  # steps, tokens, prefills, max_batch_seen, max_kv_bytes
 
     def submit(self, req:GenerationRequest) -> GenerationRequest:
         "Queue `req`; it joins the running batch at the next step."
@@ -336,11 +334,13 @@ def _merge(self:BatchEngine, new, kv, mask, next_pos):
     self._pos = torch.cat([self._pos, next_pos])
     self._rows += new
 
-# %% ../nbs/09_serve.ipynb #38c6836b
+# %% ../nbs/09_serve.ipynb #e96519f7
 @patch
 def _step(self:BatchEngine):
     B = len(self._rows)
     self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], B)
+    kv_bytes = sum(k.nbytes + v.nbytes for k, v in self._kv)  # the batched cache this step reads (padding included)
+    self.stats["max_kv_bytes"] = max(self.stats["max_kv_bytes"], kv_bytes)
     cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in self._kv])
     self._mask = torch.cat([self._mask, torch.ones(B, 1, dtype=torch.long)], 1)
     out = self.model(input_ids=self._last[:, None], attention_mask=self._mask, position_ids=self._pos[:, None],
@@ -360,7 +360,7 @@ def _sample_and_emit(self:BatchEngine, logits, start:int):
     for i, r in enumerate(rs, start):
         t = int(nxt[i - start])
         if r.cancelled: r._finish("cancelled"); continue
-        if t in self.eos_ids: r._finish("stop"); continue
+        if t in self.eos_ids and not r.ignore_eos: r._finish("stop"); continue
         r.tokens.append(t); r._emit("token", t); self.stats["tokens"] += 1
         if len(r.tokens) >= r.max_tokens or int(self._pos[i]) + 1 >= self.max_len: r._finish("length"); continue
         keep.append(i)
@@ -395,7 +395,7 @@ class ServeConfig:
         for k in ("max_tokens", "default_max_tokens", "max_body_bytes", "max_cartridges", "max_messages", "max_loaded", "max_batch", "max_queue"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"ServeConfig.{k} must be a positive int, got {getattr(self, k)!r}")
 
-# %% ../nbs/09_serve.ipynb #3162c3de
+# %% ../nbs/09_serve.ipynb #d36fb85b
 _ROLES = {"system", "user", "assistant"}
 
 def _message_text(m, i) -> str:
@@ -443,9 +443,10 @@ def parse_chat_request(body, cfg:ServeConfig) -> dict:
     if len(carts) > cfg.max_cartridges: raise ApiError(400, f"at most {cfg.max_cartridges} cartridges per request, got {len(carts)}", "cartridges")
     seed = body.get("seed")
     if seed is not None: _number(body, "seed", None, 0, 2**63 - 1, integer=True)
+    if not isinstance(body.get("ignore_eos", False), bool): raise ApiError(400, "`ignore_eos` must be a boolean", "ignore_eos")
     return dict(messages=messages, max_tokens=max_tokens, stop=stop, stream=stream, cartridges=carts, seed=seed,
                 temperature=_number(body, "temperature", 1.0, 0, 2), top_p=_number(body, "top_p", 1.0, 1e-9, 1),
-                include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+                include_usage=bool((body.get("stream_options") or {}).get("include_usage")), ignore_eos=body.get("ignore_eos", False))
 
 # %% ../nbs/09_serve.ipynb #da4ce92c
 class TextAssembler:
@@ -545,7 +546,7 @@ def create_app(model, tokenizer,
     app.state.engine, app.state.store, app.state.config = engine, store, cfg
     return app
 
-# %% ../nbs/09_serve.ipynb #b5f16c08
+# %% ../nbs/09_serve.ipynb #b3259c66
 def _chunk(cid, created, model, delta, finish=None):
     return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -564,7 +565,7 @@ async def chat_completion(request:Request, cfg:ServeConfig, store:CartridgeStore
                        f"model's {engine.max_len}-token context", "messages", "context_length_exceeded")
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
     req = GenerationRequest(prompt_ids, prefix, args["max_tokens"], args["temperature"], args["top_p"], args["seed"],
-                            on_event=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+                            ignore_eos=args["ignore_eos"], on_event=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
     try: engine.submit(req)
     except EngineBusy as e: raise ApiError(429, f"the server is busy ({e}); retry later", code="server_busy") from e
     text = TextAssembler(tokenizer, args["stop"])
