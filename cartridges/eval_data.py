@@ -11,7 +11,7 @@ import numpy as np, pandas as pd, yaml
 
 # %% auto #0
 __all__ = ['QUESTION_COLUMNS', 'DOSSIER_INSTALL_HINT', 'check_questions', 'dossier_root', 'dossier_cases', 'dossier_questions',
-           'dossier_corpus_text', 'load_dossier', 'normalize_answer', 'exact_match', 'token_f1', 'fact_recall', 'chrf']
+           'load_dossier', 'normalize_answer', 'exact_match', 'token_f1', 'fact_recall', 'chrf']
 
 # %% ../nbs/07a_eval_data.ipynb #82542b72
 QUESTION_COLUMNS = ("corpus_id", "question", "answer")  # required; `choices`, `must_facts` optional
@@ -79,19 +79,14 @@ def dossier_questions(case:str="kite-launch", # a dossier-bench case, see `dossi
     if not rows: raise ValueError(f"dossier-bench case {case!r} has no scenario with must-facts in groups {groups}")
     return check_questions(pd.DataFrame(rows))
 
-# %% ../nbs/07a_eval_data.ipynb #1153beb4
-def dossier_corpus_text(case:str="kite-launch") -> str:
-    "The text of a dossier-bench case's `source/` folder: every file under a `## <path>` header, in path order."
-    if case not in dossier_cases(): raise ValueError(f"Unknown dossier-bench case {case!r}; known cases: {dossier_cases()}")
-    src = dossier_root()/case/"source"
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in (".md", ".yaml", ".yml", ".txt"))
-    return "\n\n".join(f"## {p.relative_to(src)}\n\n{p.read_text().strip()}" for p in files)
-
+# %% ../nbs/07a_eval_data.ipynb #33c221bd
 def load_dossier(case:str="kite-launch", # a dossier-bench case, see `dossier_cases()`
                  groups=("qa-grounded",)  # scenario groups that give the questions
                 ) -> tuple:
-    "The corpus (text) and the questions table of a dossier-bench case."
-    return dossier_corpus_text(case), dossier_questions(case, groups)
+    "`(resource, questions)` of a dossier-bench case: a `DirectoryResource` over its `source/` folder and its questions."
+    from cartridges.resources import DirectoryResource
+    questions = dossier_questions(case, groups)
+    return DirectoryResource(dossier_root()/case/"source", name=case), questions
 
 # %% ../nbs/07a_eval_data.ipynb #a7ef23bd
 _STOP = frozenset("a an the of and or to in on at for by is was are were be been with from that this it as".split())
