@@ -131,3 +131,15 @@ def test_resume_refuses_other_data_or_config(data_dir, tmp_path):
         train(model, tok, Cartridge.init(model, tok, p=4), fewer, cfg, resume=True)
     with pytest.raises(ValueError, match="does not fit this cartridge"):
         train(model, tok, Cartridge.init(model, tok, p=9), data_dir, cfg, resume=True)
+
+def test_gradient_checkpointing_takes_the_same_steps(data_dir, tmp_path):
+    from cartridges.cartridge import Cartridge
+    model, tok = tiny_model()
+    out = {}
+    for gc in (False, True):
+        cfg = TrainConfig(out_dir=str(tmp_path/f"gc{gc}"), max_steps=2, batch_size=4, micro_batch_size=2, lr=3e-2,
+                          gradient_checkpointing=gc, progress=False, plot=False)
+        out[gc] = train(model, tok, Cartridge.init(model, tok, p=5, seed=2), data_dir, cfg)
+    for a, b in zip(out[False].trainable_parameters(), out[True].trainable_parameters()): torch.testing.assert_close(a, b)
+    for x, y in zip(curve(tmp_path/"gcFalse"), curve(tmp_path/"gcTrue"), strict=True):
+        assert x[0] == y[0] and all((a is None and b is None) or abs(a - b) < 1e-5 for a, b in zip(x[1:], y[1:]))
