@@ -145,9 +145,9 @@ class JSONResource(Resource):
             units.append(Chunk("\n".join(lines), path, self.name, None, {"format": "text", "json_path": path}))
         return units
 
-# %% ../nbs/02b_files.ipynb #d99c640f
+# %% ../nbs/02b_files.ipynb #cebd253e
 _COMMENT = re.compile(r"(?<!\\)%.*$", re.M)
-_INPUT = re.compile(r"\\(input|include|subfile)\s*\{([^}]+)\}")
+_INPUT = re.compile(r"\\(input|include|subfile)(?:\s*\{([^}]+)\}|\s+([^\s{}\\%]+))")  # \input{x} or TeX's \input x
 
 def strip_latex_comments(text:str) -> str:
     "Remove `%` comments (not `\\%`) and lines that held only a comment."
@@ -163,7 +163,7 @@ def resolve_latex(path, root=None, _seen=None) -> str:
     if path.resolve() in seen: raise ValueError(f"{str(path)!r} includes itself (\\input cycle: {' -> '.join(p.name for p in seen)})")
     text = strip_latex_comments(read_text_file(path, "LaTeX file"))
     def sub(m):
-        name = m.group(2).strip()
+        name = (m.group(2) or m.group(3)).strip()
         target = root/name if Path(name).suffix else root/f"{name}.tex"
         if not target.exists() and (root/name).exists(): target = root/name
         if not target.resolve().is_relative_to(root.resolve()):
@@ -173,6 +173,13 @@ def resolve_latex(path, root=None, _seen=None) -> str:
         return resolve_latex(target, root, seen + [path.resolve()])
     return _INPUT.sub(sub, text)
 
+def _with_bibliography(text:str, main:Path) -> str:
+    "Replace `\\bibliography{...}` by the compiled bibliography (`main.bbl`) when there is one."
+    bbl = main.with_suffix(".bbl")
+    if not bbl.is_file(): return text
+    refs = strip_latex_comments(read_text_file(bbl, "bibliography file"))
+    return re.sub(r"\\bibliography\s*\{[^}]*\}", lambda m: refs, text) if "\\bibliography" in text else text
+
 def _main_tex(folder:Path) -> Path:
     texs = sorted(folder.rglob("*.tex"), key=lambda p: (len(p.relative_to(folder).parts), p.as_posix()))  # top level first
     mains = [p for p in texs if re.search(r"^\s*\\documentclass", strip_latex_comments(read_text_file(p, "LaTeX file")), re.M)]
@@ -180,7 +187,7 @@ def _main_tex(folder:Path) -> Path:
     preferred = [p for p in mains if p.stem in ("main", "paper", "ms", "article")]
     return (preferred or mains)[0]
 
-# %% ../nbs/02b_files.ipynb #2553fd1f
+# %% ../nbs/02b_files.ipynb #b9a68cc4
 def safe_extract(archive, dest, max_bytes:int=200_000_000, max_files:int=10_000) -> Path:
     "Extract a tar(.gz) `archive` into `dest`, refusing members that would escape it; returns `dest`."
     archive, dest = Path(archive), Path(dest)
@@ -202,10 +209,11 @@ def safe_extract(archive, dest, max_bytes:int=200_000_000, max_files:int=10_000)
             total += max(m.size, 0)
             if total > max_bytes: raise ValueError(f"{str(archive)!r} unpacks to more than max_bytes={max_bytes:,} bytes")
         dest.mkdir(parents=True, exist_ok=True)
-        tar.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"): tar.extractall(dest, filter="data")
+        else: tar.extractall(dest)  # Python without extraction filters: the checks above are the defence
     return dest
 
-# %% ../nbs/02b_files.ipynb #8a807977
+# %% ../nbs/02b_files.ipynb #dad5b407
 class LaTeXResource(Resource):
     "A LaTeX paper: a project folder, a main .tex file, or an arXiv source archive (.tar.gz), inputs resolved."
     kind = "latex"
@@ -221,8 +229,8 @@ class LaTeXResource(Resource):
 
     def _document(self) -> tuple[str, str]:
         p = self.path
-        if p.is_dir(): main = p/self.main if self.main else _main_tex(p); return resolve_latex(main, p), main.relative_to(p).as_posix()
-        if p.suffix == ".tex": return resolve_latex(p), p.name
+        if p.is_dir(): main = p/self.main if self.main else _main_tex(p); return _with_bibliography(resolve_latex(main, p), main), main.relative_to(p).as_posix()
+        if p.suffix == ".tex": return _with_bibliography(resolve_latex(p), p), p.name
         with tempfile.TemporaryDirectory() as tmp:
             if tarfile.is_tarfile(p): folder = safe_extract(p, Path(tmp)/"src", self.max_bytes)
             else:  # a gzipped single .tex file
@@ -232,7 +240,7 @@ class LaTeXResource(Resource):
                 if len(data) > self.max_bytes: raise ValueError(f"{str(p)!r} unpacks to more than max_bytes={self.max_bytes:,} bytes")
                 folder = Path(tmp)/"src"; folder.mkdir(); (folder/"main.tex").write_bytes(data)
             main = folder/self.main if self.main else _main_tex(folder)
-            return resolve_latex(main, folder), main.relative_to(folder).as_posix()
+            return _with_bibliography(resolve_latex(main, folder), main), main.relative_to(folder).as_posix()
 
     def load_units(self):
         text, main = self._document()

@@ -53,18 +53,24 @@ def _user_names(members:list) -> dict:
         names[u["id"]] = p.get("real_name") or u.get("real_name") or p.get("display_name") or u.get("name") or u["id"]
     return names
 
-# %% ../nbs/02c_messaging.ipynb #5b0b4336
+# %% ../nbs/02c_messaging.ipynb #9a6baa85
+def _slack_body(m:dict) -> str:
+    "A message's text plus what its attachments and shared files say (titles, fallbacks, names)."
+    extra = [a.get("text") or a.get("fallback") or a.get("title") or "" for a in m.get("attachments") or []]
+    extra += [f"[file: {f.get('title') or f.get('name')}]" for f in m.get("files") or [] if f.get("title") or f.get("name")]
+    return "\n".join([m.get("text") or ""] + [e for e in extra if e.strip()]).strip()
+
 def slack_threads(messages:list[dict], users:dict, channel:str, resource:str, channels:dict|None=None) -> list[Chunk]:
     "One unit per thread of a channel's `messages` (Slack message dicts, any order, replies included)."
     threads, seen = defaultdict(list), set()
     for m in messages:
-        if m.get("subtype") in _SKIP_SUBTYPES or not (m.get("text") or "").strip() or m.get("ts") in seen: continue
+        if m.get("subtype") in _SKIP_SUBTYPES or not _slack_body(m).strip() or m.get("ts") in seen: continue
         seen.add(m.get("ts"))
         threads[m.get("thread_ts") or m["ts"]].append(m)
     units = []
     for key in sorted(threads, key=float):
         msgs = sorted(threads[key], key=lambda m: float(m["ts"]))
-        rows = [{"date": _slack_date(m["ts"]), "text": slack_text(m.get("text", ""), users, channels),
+        rows = [{"date": _slack_date(m["ts"]), "text": slack_text(_slack_body(m), users, channels),
                  "author": users.get(m.get("user")) or (m.get("user_profile") or {}).get("real_name") or m.get("username") or m.get("user") or m.get("bot_id") or "unknown"}
                 for m in msgs]
         when = f"{rows[0]['date']:%Y-%m-%d %H:%M}"
