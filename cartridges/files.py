@@ -29,7 +29,15 @@ def _is_binary(path:Path) -> bool:
     if path.suffix.lower() in BINARY_EXTENSIONS: return True
     with open(path, "rb") as f: return b"\x00" in f.read(8192)
 
-# %% ../nbs/02b_files.ipynb #8a57b185
+# %% ../nbs/02b_files.ipynb #fac7f300
+def _ignored(rules:list, path:Path, is_dir:bool) -> bool:
+    "Git's verdict for `path`: the deepest `.gitignore` with a matching rule decides (so `!pattern` re-includes)."
+    verdict = None
+    for folder, spec in rules:
+        r = spec.check_file(path.relative_to(folder).as_posix() + ("/" if is_dir else "")).include
+        if r is not None: verdict = r
+    return bool(verdict)
+
 def walk_files(root, include=None, exclude=None, gitignore:bool=True, max_file_bytes:int=2_000_000):
     "Files under `root` to read, and `(path, reason)` for those skipped; paths relative to `root`, sorted."
     root = Path(root)
@@ -42,8 +50,7 @@ def walk_files(root, include=None, exclude=None, gitignore:bool=True, max_file_b
             p = Path(entry.path); rel = p.relative_to(root).as_posix()
             is_dir = entry.is_dir(follow_symlinks=False)
             key = rel + "/" if is_dir else rel
-            if exc.match_file(key) or any(spec.match_file(p.relative_to(d).as_posix() + ("/" if is_dir else "")) for d, spec in rules):
-                continue
+            if exc.match_file(key) or _ignored(rules, p, is_dir): continue
             if entry.is_symlink():
                 target = p.resolve()
                 if not target.is_relative_to(root.resolve()): skipped.append((rel, "link leaving the folder")); continue
@@ -58,7 +65,7 @@ def walk_files(root, include=None, exclude=None, gitignore:bool=True, max_file_b
     walk(root, [])
     return keep, skipped
 
-# %% ../nbs/02b_files.ipynb #5829a8df
+# %% ../nbs/02b_files.ipynb #3f79783c
 def _notebook_text(path:Path) -> str:
     "The cells of a Jupyter notebook as Markdown (code cells fenced), without outputs."
     try: nb = json.loads(read_text_file(path))
@@ -101,7 +108,7 @@ class DirectoryResource(Resource):
             units.append(Chunk(f"File: {rel}\n\n{text}", rel, self.name, None, {"format": guess_format(text, rel), "path": rel}))
         return units
 
-# %% ../nbs/02b_files.ipynb #7b7f1876
+# %% ../nbs/02b_files.ipynb #f4abc6ad
 _KEY_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def flatten_json(obj, path:str="$") -> list[tuple[str, object]]:
@@ -112,7 +119,7 @@ def flatten_json(obj, path:str="$") -> list[tuple[str, object]]:
         return [r for i, v in enumerate(obj) for r in flatten_json(v, f"{path}[{i}]")]
     return [(path, obj)]
 
-# %% ../nbs/02b_files.ipynb #d0c1dfbf
+# %% ../nbs/02b_files.ipynb #53787dcc
 def _load_json(path:Path):
     text = read_text_file(path, "JSON file")
     try:
@@ -145,7 +152,7 @@ class JSONResource(Resource):
             units.append(Chunk("\n".join(lines), path, self.name, None, {"format": "text", "json_path": path}))
         return units
 
-# %% ../nbs/02b_files.ipynb #cebd253e
+# %% ../nbs/02b_files.ipynb #3a530275
 _COMMENT = re.compile(r"(?<!\\)%.*$", re.M)
 _INPUT = re.compile(r"\\(input|include|subfile)(?:\s*\{([^}]+)\}|\s+([^\s{}\\%]+))")  # \input{x} or TeX's \input x
 
@@ -187,7 +194,7 @@ def _main_tex(folder:Path) -> Path:
     preferred = [p for p in mains if p.stem in ("main", "paper", "ms", "article")]
     return (preferred or mains)[0]
 
-# %% ../nbs/02b_files.ipynb #b9a68cc4
+# %% ../nbs/02b_files.ipynb #0bcbc40d
 def safe_extract(archive, dest, max_bytes:int=200_000_000, max_files:int=10_000) -> Path:
     "Extract a tar(.gz) `archive` into `dest`, refusing members that would escape it; returns `dest`."
     archive, dest = Path(archive), Path(dest)
@@ -213,7 +220,7 @@ def safe_extract(archive, dest, max_bytes:int=200_000_000, max_files:int=10_000)
         else: tar.extractall(dest)  # Python without extraction filters: the checks above are the defence
     return dest
 
-# %% ../nbs/02b_files.ipynb #dad5b407
+# %% ../nbs/02b_files.ipynb #31e965f6
 class LaTeXResource(Resource):
     "A LaTeX paper: a project folder, a main .tex file, or an arXiv source archive (.tar.gz), inputs resolved."
     kind = "latex"

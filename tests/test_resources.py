@@ -260,3 +260,18 @@ def test_slack_api_without_users_scope_warns_and_uses_ids(slack_server):
     with pytest.warns(UserWarning, match="users.list failed: missing_scope: authors will show as Slack user ids"):
         units = SlackResource(token="xoxb-test", base_url=url, channels=["general"]).units()
     assert units[0].metadata["author"] == "U2"
+
+def test_gitignore_rules_agree_with_git(tmp_path):
+    "walk_files keeps exactly the files git itself would track (text files, nested .gitignore files, negations)."
+    import shutil
+    if shutil.which("git") is None: pytest.skip("git not installed")
+    from cartridges.files import walk_files
+    files = {".gitignore": "*.log\nbuild/\n/top-only.txt\ndocs/**/draft-*.md\n!important.log\n", "a.py": "x\n", "top-only.txt": "x\n",
+             "sub/top-only.txt": "x\n", "run.log": "x\n", "important.log": "x\n", "build/gen.py": "x\n",
+             "docs/guide.md": "x\n", "docs/v1/draft-1.md": "x\n", "docs/v1/final.md": "x\n",
+             "logs/.gitignore": "!keep.log\n", "logs/keep.log": "x\n", "logs/drop.log": "x\n",
+             "pkg/.gitignore": "*.tmp\n!special.tmp\n", "pkg/a.tmp": "x\n", "pkg/special.tmp": "x\n", "pkg/mod.py": "x\n"}
+    for rel, text in files.items(): (tmp_path/rel).parent.mkdir(parents=True, exist_ok=True); (tmp_path/rel).write_text(text)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    out = subprocess.run(["git", "-C", str(tmp_path), "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True, check=True).stdout
+    assert walk_files(tmp_path)[0] == sorted(out.split())
