@@ -180,7 +180,7 @@ def _generate(client, prompts, temperature, max_tokens, k):
                             "length" if stop is None else "stop", len(prompts[i]))
     return samples
 
-# %% ../nbs/03_clients.ipynb #c7e73b1b
+# %% ../nbs/03_clients.ipynb #169ed082
 def _check_args(temperature, max_tokens, top_logprobs):
     if temperature < 0: raise ValueError(f"temperature must be >= 0, got {temperature}")
     if max_tokens < 1: raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -191,6 +191,10 @@ def _hf_chat(self:HFClient, conversations, temperature:float=0.0, max_tokens:int
     "Reply to each conversation; returns one `Sample` per conversation, in order."
     conversations = check_conversations(conversations); _check_args(temperature, max_tokens, top_logprobs)
     prompts = [chat_prompt_ids(self.tokenizer, c, enable_thinking) for c in conversations]
+    limit = getattr(self.model.config, "max_position_embeddings", None)
+    for i, p in enumerate(prompts):
+        if limit and len(p) + max_tokens > limit:
+            raise ValueError(f"conversation {i}: its prompt ({len(p)} tokens) + max_tokens={max_tokens} exceeds the model's context ({limit} tokens)")
     order = sorted(range(len(prompts)), key=lambda i: prompts[i])  # neighbours share prefixes
     samples = [None] * len(prompts)
     for start in range(0, len(order), self.batch_size):
