@@ -217,12 +217,14 @@ def split_sections(text:str, fmt:str) -> list[tuple[str, str]]:
     ends = [p for p, _ in cuts[1:]] + [len(text)]
     return [(t, text[p:e]) for (p, t), e in zip(cuts, ends)]
 
-# %% ../nbs/02a_chunkers.ipynb #ccd46914
+# %% ../nbs/02a_chunkers.ipynb #7b7a86bf
 class StructureChunker(Chunker):
     "Split units at their own structure (headings, sections, definitions, paragraphs), then pack to the budget."
-    def __init__(self, tokenizer, min_tokens:int|None=None, max_tokens:int=512):
+    def __init__(self, tokenizer, min_tokens:int|None=None, max_tokens:int=512,
+                 pack_units:bool=True):  # pack different units (files, threads) together up to the budget too
         if tokenizer is None: raise ValueError("StructureChunker needs a tokenizer to count tokens")
         super().__init__(tokenizer, min_tokens, max_tokens)
+        self.pack_units = pack_units
 
     def _pieces(self, unit:Chunk) -> list[Chunk]:
         fmt = unit.metadata.get("format") or guess_format(unit.text, unit.source)
@@ -236,13 +238,13 @@ class StructureChunker(Chunker):
         return pieces
 
     def _merge(self, cur:Chunk, nxt:Chunk) -> bool:
-        return cur.metadata.get("_unit") == nxt.metadata.get("_unit") or cur.n_tokens < self.min_tokens
+        return self.pack_units or cur.metadata.get("_unit") == nxt.metadata.get("_unit") or cur.n_tokens < self.min_tokens
 
     def _count(self, chunks):
         for c in chunks: c.metadata.pop("_unit", None)
         return super()._count(chunks)
 
-# %% ../nbs/02a_chunkers.ipynb #39a2604d
+# %% ../nbs/02a_chunkers.ipynb #4b65d8ad
 class ChunkSampler:
     "Deal chunks in shuffled rounds: every chunk is used once before any is repeated."
     def __init__(self, chunks:list[Chunk], # the chunks to deal
