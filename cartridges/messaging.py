@@ -18,10 +18,13 @@ __all__ = ['slack_text', 'slack_threads', 'read_slack_export', 'SlackError', 'Sl
            'write_slack_export', 'strip_quotes', 'mail_record', 'mail_threads', 'read_mailbox', 'fetch_mcp_mail',
            'GmailResource']
 
-# %% ../nbs/02c_messaging.ipynb #1b854c48
+# %% ../nbs/02c_messaging.ipynb #ade41191
 def _thread_unit(header:str, messages:list[dict], source:str, resource:str, **meta) -> Chunk:
     "A unit for one thread: `messages` are dicts with `date` (datetime), `author`, `text`, in order."
-    lines = [header] + [f"[{m['date']:%Y-%m-%d %H:%M}] {m['author']}: {m['text'].strip()}" for m in messages]
+    lines, day = [header], None
+    for m in messages:  # the date is written when it changes, the time always: digits cost a token each
+        stamp = f"{m['date']:%H:%M}" if m["date"].date() == day else f"{m['date']:%Y-%m-%d %H:%M}"
+        lines.append(f"[{stamp}] {m['author']}: {m['text'].strip()}"); day = m["date"].date()
     participants = list(dict.fromkeys(m["author"] for m in messages))
     return Chunk("\n".join(lines), source, resource, None,
                  {"format": "text", "author": messages[0]["author"], "date": messages[0]["date"].isoformat(),

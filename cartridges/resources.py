@@ -101,7 +101,7 @@ class SeedPrompts:
                        for f, w in self.weights.items())
         return f"<table><thead><tr><th>family</th><th>share</th><th>variants</th><th>first variant</th></tr></thead><tbody>{rows}</tbody></table>"
 
-# %% ../nbs/02_resources.ipynb #46854056
+# %% ../nbs/02_resources.ipynb #5987a589
 CHUNKERS = {"structure": StructureChunker, "token": TokenChunker, "char": CharChunker}
 
 class Resource:
@@ -127,7 +127,7 @@ class Resource:
             units = [u for u in self.load_units() if u.text.strip()]
             if not units: raise ValueError(f"{self.kind} {self.name!r} is empty: no text to chunk ({self._where()})")
             for u in units: u.resource = self.name
-            self._units = units
+            self._units = Chunks(units)
         return self._units
 
     def _where(self) -> str: return getattr(self, "path", None) and f"from {self.path}" or "no text given"
