@@ -58,7 +58,7 @@ def run_level(client, model_name, questions, concurrency, max_tokens, make_messa
 def start_vllm(model_path, port, log):
     cmd = [str(VENV/"bin/python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path), "--dtype", "float32",
            "--max-model-len", "8192", "--enable-prefix-caching", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "8", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.time() + 900
     while time.time() < deadline:
@@ -90,7 +90,8 @@ def main():
     from cartridges.models import load_model, default_model_path
     from cartridges.serve import ServeConfig, create_app, free_port, running_server
     model, tok = load_model("smollm2-135m")
-    corpus, questions_df = load_dossier("kite-launch")
+    resource, questions_df = load_dossier("kite-launch")
+    corpus = resource if isinstance(resource, str) else resource.text()
     questions = [q for q in questions_df["question"].tolist()][:16]
     n_corpus = len(tok(corpus, add_special_tokens=False).input_ids)
     cfg = model.config

@@ -18,8 +18,9 @@ from starlette.routing import Route
 
 # %% auto #0
 __all__ = ['KV', 'ApiError', 'resolve_cartridge_id', 'cartridge_kv', 'CartridgeStore', 'sample_next', 'GenerationRequest',
-           'EngineBusy', 'BatchEngine', 'ServeConfig', 'parse_chat_request', 'TextAssembler', 'is_loopback',
-           'check_auth_settings', 'create_app', 'chat_completion', 'free_port', 'running_server', 'serve']
+           'BufferLayer', 'EngineBusy', 'BatchEngine', 'ServeConfig', 'parse_chat_request', 'TextAssembler',
+           'is_loopback', 'check_auth_settings', 'create_app', 'chat_completion', 'free_port', 'running_server',
+           'serve']
 
 # %% ../nbs/09_serve.ipynb #bf559006
 class ApiError(Exception):
@@ -92,7 +93,7 @@ class CartridgeStore:
         return sorted(str(p.parent.relative_to(self.root)) for p in self.root.rglob("meta.json")
                       if p.resolve().is_relative_to(self.root) and p.parent != self.root)
 
-# %% ../nbs/09_serve.ipynb #d30f1970
+# %% ../nbs/09_serve.ipynb #08d09189
 from fastcore.basics import patch
 
 @patch
@@ -118,7 +119,7 @@ def _load(self:CartridgeStore, source, where):
     from cartridges.cartridge import Cartridge
     if source == "huggingface":
         from huggingface_hub import snapshot_download
-        try: where = snapshot_download(where)
+        try: where = snapshot_download(where, allow_patterns=["cartridge.safetensors", "meta.json"])  # nothing else
         except Exception as e: raise ApiError(404, f"could not fetch cartridge {where!r} from the Hub: {e}", "cartridges") from e
     try: cart = Cartridge.load(where, model=self.model, tokenizer=self.tokenizer)
     except Exception as e: raise ApiError(400, f"cartridge {str(where)!r} could not be loaded: {e}", "cartridges") from e
@@ -203,7 +204,34 @@ class GenerationRequest:
         self._emit("error", error) if reason == "error" else self._emit("done", reason)
         self.done.set()
 
-# %% ../nbs/09_serve.ipynb #45722b26
+# %% ../nbs/09_serve.ipynb #a814212a
+from transformers.cache_utils import Cache, DynamicLayer
+
+class BufferLayer(DynamicLayer):
+    "A cache layer that writes new keys/values into preallocated `[B, kv_heads, capacity, head_dim]` buffers."
+    def __init__(self, key_buffer:torch.Tensor, value_buffer:torch.Tensor, length:int):
+        super().__init__()
+        self.key_buffer, self.value_buffer, self.length = key_buffer, value_buffer, length
+        self.device, self.is_initialized = key_buffer.device, True
+        self.keys, self.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
+    def update(self, key_states, value_states, *args, **kwargs):
+        n, m = self.length, key_states.shape[-2]
+        if n + m > self.key_buffer.shape[2]: raise RuntimeError(f"KV buffer full: {n} + {m} > {self.key_buffer.shape[2]}")
+        self.key_buffer[:, :, n:n + m], self.value_buffer[:, :, n:n + m] = key_states, value_states
+        self.length = n + m
+        self.keys, self.values = self.key_buffer[:, :, :n + m], self.value_buffer[:, :, :n + m]
+        return self.keys, self.values
+
+def _buffers(parts:list, length:int, capacity:int) -> list:
+    "New `[B, h, capacity, d]` buffers holding `parts` (each `[b_i, h, L_i, d]`) stacked on the batch, right-aligned at `length`."
+    B = sum(t.shape[0] for t in parts)
+    _, h, _, d = parts[0].shape
+    out, b = parts[0].new_zeros(B, h, capacity, d), 0
+    for t in parts:
+        out[b:b + t.shape[0], :, length - t.shape[2]:length] = t; b += t.shape[0]
+    return out
+
+# %% ../nbs/09_serve.ipynb #e637fd54
 class EngineBusy(RuntimeError): "The engine's queue is full."
 
 class BatchEngine:
@@ -211,10 +239,11 @@ class BatchEngine:
     def __init__(self, model, tokenizer,
                  max_batch:int=16, # requests decoded together at most (the others wait in the queue)
                  max_queue:int=256, # waiting requests at most; `submit` raises `EngineBusy` beyond
-                 prefill_tokens:int=2048): # tokens per prefill forward (batch x chunk), bounds prefill memory
+                 prefill_tokens:int=2048, # tokens per prefill forward (batch x chunk), bounds prefill memory
+                 headroom:int=128): # free KV columns allocated ahead, so appending a token never copies the past
         if max_batch < 1 or max_queue < 1 or prefill_tokens < 1: raise ValueError("max_batch, max_queue and prefill_tokens must be >= 1")
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
+        self.max_batch, self.max_queue, self.prefill_tokens, self.headroom = max_batch, max_queue, prefill_tokens, headroom
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id} - {None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -223,7 +252,7 @@ class BatchEngine:
         cfg = model.config
         self.kv_shape = (cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self._pending, self._cv = collections.deque(), threading.Condition()
-        self._rows, self._kv, self._mask, self._pos, self._last = [], None, None, None, None
+        self._rows, self._kv, self._mask, self._pos, self._last = [], None, None, None, None  # _kv: [[keys, values] buffers]
         self._thread, self._stopping = None, False
         self.stats = collections.Counter()  # steps, tokens, prefills, max_batch_seen, max_kv_bytes
 
@@ -243,7 +272,7 @@ class BatchEngine:
         if not req.done.wait(timeout): raise TimeoutError("generation did not finish in time")
         return req
 
-# %% ../nbs/09_serve.ipynb #9bd56e9c
+# %% ../nbs/09_serve.ipynb #2631cb34
 @patch
 def start(self:BatchEngine):
     "Start the decoding thread (idempotent)."
@@ -287,7 +316,7 @@ def _loop(self:BatchEngine):
                 if not r.done.is_set(): r._finish("error", f"{type(e).__name__}: {e}")
             self._reset()
 
-# %% ../nbs/09_serve.ipynb #1ff7a39b
+# %% ../nbs/09_serve.ipynb #d5d71455
 def _left_pad(t:torch.Tensor, n:int, dim:int) -> torch.Tensor:
     if n == 0: return t
     shape = list(t.shape); shape[dim] = n
@@ -323,29 +352,31 @@ def _admit(self:BatchEngine, new:list):
 
 @patch
 def _merge(self:BatchEngine, new, kv, mask, next_pos):
-    if not self._rows:
-        self._rows, self._kv, self._mask, self._pos = list(new), kv, mask, next_pos
-        return
-    La, Ln = self._mask.shape[1], mask.shape[1]
-    L = max(La, Ln)
-    self._kv = [[torch.cat([_left_pad(a, L - La, 2), _left_pad(b, L - Ln, 2)], 0) for a, b in zip(old, cur)]
-                for old, cur in zip(self._kv, kv)]
-    self._mask = torch.cat([_left_pad(self._mask, L - La, 1), _left_pad(mask, L - Ln, 1)], 0)
-    self._pos = torch.cat([self._pos, next_pos])
-    self._rows += new
+    "Add prefilled newcomers (`kv`: per layer [keys, values] of shape [Bn, h, Ln, d]) to the running batch."
+    La = 0 if not self._rows else self._mask.shape[1]
+    L = max(La, mask.shape[1])
+    old = [[None, None] for _ in kv] if not self._rows else [[k[:, :, :La], v[:, :, :La]] for k, v in self._kv]
+    keep = lambda a, b: [t for t in (a, b) if t is not None]
+    self._kv = [[_buffers(keep(ok, nk), L, L + self.headroom), _buffers(keep(ov, nv), L, L + self.headroom)]
+                for (ok, ov), (nk, nv) in zip(old, kv)]
+    masks = ([self._mask] if self._rows else []) + [mask]
+    self._mask = torch.cat([_left_pad(m, L - m.shape[1], 1) for m in masks], 0)
+    self._pos = next_pos if not self._rows else torch.cat([self._pos, next_pos])
+    self._rows = self._rows + list(new)
 
-# %% ../nbs/09_serve.ipynb #e96519f7
+# %% ../nbs/09_serve.ipynb #d00447dd
 @patch
 def _step(self:BatchEngine):
-    B = len(self._rows)
+    B, L = len(self._rows), self._mask.shape[1]
+    if L == self._kv[0][0].shape[2]:  # buffers full: grow (a copy every `headroom` steps, not every step)
+        self._kv = [[_buffers([k], L, L + self.headroom), _buffers([v], L, L + self.headroom)] for k, v in self._kv]
     self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], B)
-    kv_bytes = sum(k.nbytes + v.nbytes for k, v in self._kv)  # the batched cache this step reads (padding included)
+    kv_bytes = sum(k[:, :, :L].nbytes + v[:, :, :L].nbytes for k, v in self._kv)  # the batched cache this step reads (padding included)
     self.stats["max_kv_bytes"] = max(self.stats["max_kv_bytes"], kv_bytes)
-    cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in self._kv])
+    cache = Cache(layers=[BufferLayer(k, v, L) for k, v in self._kv])
     self._mask = torch.cat([self._mask, torch.ones(B, 1, dtype=torch.long)], 1)
     out = self.model(input_ids=self._last[:, None], attention_mask=self._mask, position_ids=self._pos[:, None],
                      cache=cache, use_cache=True)
-    self._kv = [[l.keys, l.values] for l in cache.layers]
     self._pos = self._pos + 1
     self.stats["steps"] += 1
     self._sample_and_emit(out.logits[:, -1], start=0)
@@ -372,12 +403,14 @@ def _drop(self:BatchEngine, keep:list):
     idx = torch.tensor(keep)
     self._rows = [self._rows[i] for i in keep]
     mask = self._mask[idx]
-    first = int((mask.cumsum(1) == 0).sum(1).min())  # columns that are padding in every remaining row
+    first, L = int((mask.cumsum(1) == 0).sum(1).min()), mask.shape[1]  # `first`: columns that are padding in every row
     self._mask = mask[:, first:]
-    self._kv = [[k[idx, :, first:], v[idx, :, first:]] for k, v in self._kv]
+    n = L - first
+    self._kv = [[_buffers([k[idx, :, first:L]], n, n + self.headroom), _buffers([v[idx, :, first:L]], n, n + self.headroom)]
+                for k, v in self._kv]
     self._pos, self._last = self._pos[idx], self._last[idx]
 
-# %% ../nbs/09_serve.ipynb #511d28e1
+# %% ../nbs/09_serve.ipynb #0ce96181
 @dataclass
 class ServeConfig:
     "Limits and names of one server."
@@ -395,7 +428,7 @@ class ServeConfig:
         for k in ("max_tokens", "default_max_tokens", "max_body_bytes", "max_cartridges", "max_messages", "max_loaded", "max_batch", "max_queue"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"ServeConfig.{k} must be a positive int, got {getattr(self, k)!r}")
 
-# %% ../nbs/09_serve.ipynb #d36fb85b
+# %% ../nbs/09_serve.ipynb #64937385
 _ROLES = {"system", "user", "assistant"}
 
 def _message_text(m, i) -> str:
@@ -448,7 +481,7 @@ def parse_chat_request(body, cfg:ServeConfig) -> dict:
                 temperature=_number(body, "temperature", 1.0, 0, 2), top_p=_number(body, "top_p", 1.0, 1e-9, 1),
                 include_usage=bool((body.get("stream_options") or {}).get("include_usage")), ignore_eos=body.get("ignore_eos", False))
 
-# %% ../nbs/09_serve.ipynb #da4ce92c
+# %% ../nbs/09_serve.ipynb #24b2f9f7
 class TextAssembler:
     "Turns generated token ids into text deltas, cutting at the first `stop` string."
     def __init__(self, tokenizer, stop:list[str]=()):
@@ -470,7 +503,7 @@ class TextAssembler:
         delta, self.sent = self.text[self.sent:], len(self.text)
         return delta
 
-# %% ../nbs/09_serve.ipynb #3e1b8bbf
+# %% ../nbs/09_serve.ipynb #dda0e158
 def is_loopback(host:str) -> bool:
     "True if `host` is a loopback address (127.0.0.0/8, ::1 or 'localhost')."
     if host == "localhost": return True
@@ -488,7 +521,7 @@ def check_auth_settings(host:str, api_key:str|None, no_auth:bool):
         raise ValueError("an API key is required (--api-key or $CARTRIDGES_API_KEY); "
                          "only a server bound to 127.0.0.1 may run without one, with --no-auth")
 
-# %% ../nbs/09_serve.ipynb #0c4f87f5
+# %% ../nbs/09_serve.ipynb #e6c790ee
 async def _read_json(request:Request, limit:int):
     n = request.headers.get("content-length")
     if n is not None:
@@ -512,7 +545,7 @@ def _endpoint(fn, api_key:str|None):
         except ApiError as e: return e.response()
     return handler
 
-# %% ../nbs/09_serve.ipynb #c5a4d476
+# %% ../nbs/09_serve.ipynb #9747ee0c
 def create_app(model, tokenizer,
                cartridge_dir:str|Path|None, # folder of servable cartridges (ids are paths inside it); None: no cartridges
                api_key:str|None=None, # required Bearer key; None only together with no_auth=True
@@ -546,7 +579,7 @@ def create_app(model, tokenizer,
     app.state.engine, app.state.store, app.state.config = engine, store, cfg
     return app
 
-# %% ../nbs/09_serve.ipynb #b3259c66
+# %% ../nbs/09_serve.ipynb #8108fccf
 def _chunk(cid, created, model, delta, finish=None):
     return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -608,7 +641,7 @@ async def chat_completion(request:Request, cfg:ServeConfig, store:CartridgeStore
         finally: req.cancelled = True  # the client went away, or we are done: leave the batch
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-# %% ../nbs/09_serve.ipynb #e0596114
+# %% ../nbs/09_serve.ipynb #3d38255f
 def free_port(host:str="127.0.0.1") -> int:
     "A TCP port that is free on `host` right now."
     with socket.socket() as s: s.bind((host, 0)); return s.getsockname()[1]
@@ -630,7 +663,7 @@ def running_server(app, host:str="127.0.0.1", port:int|None=None, timeout:float=
         server.should_exit = True
         thread.join(timeout)
 
-# %% ../nbs/09_serve.ipynb #eb6e3348
+# %% ../nbs/09_serve.ipynb #167cc7f9
 def serve(model:str="smollm2-135m", # embedded model name or local HF folder
           cartridge_dir:str|Path|None=None, # folder of servable cartridges
           api_key:str|None=None, # Bearer key clients must send (default: $CARTRIDGES_API_KEY)
