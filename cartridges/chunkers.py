@@ -71,7 +71,7 @@ def _windows(text:str, starts, max_len:int) -> list[tuple[int, int]]:
     spans.append((c0, len(text)))
     return spans
 
-# %% ../nbs/02a_chunkers.ipynb #310523e0
+# %% ../nbs/02a_chunkers.ipynb #0d27a343
 def count_tokens(tokenizer, texts:list[str]) -> list[int]:
     "Number of tokens (no special tokens) of each text."
     if not texts: return []
@@ -99,21 +99,25 @@ class Chunker:
         return [Chunk(_strip_span(unit.text, a, b), unit.source, unit.resource, None, dict(unit.metadata))
                 for a, b in _windows(unit.text, self._starts(unit.text), budget or self.max_tokens)]
     def _pieces(self, unit:Chunk) -> list[Chunk]: return self._cut(unit)
-    def _merge(self, cur:Chunk, nxt:Chunk) -> bool: return cur.n_tokens < self.min_tokens
+    def _merge(self, size:int, last:Chunk, nxt:Chunk) -> bool:
+        "May piece `nxt` join the chunk being packed (`size` tokens so far, ending with piece `last`)?"
+        return size < self.min_tokens
 
     def __call__(self, units:list[Chunk]) -> Chunks:
         "Chunks of at most `max_tokens` tokens covering all `units`, in order."
         pieces = [p for u in units for p in self._pieces(u) if p.text.strip()]
         for p, n in zip(pieces, self._length([p.text for p in pieces])): p.n_tokens = n
-        return self._count(self._fit(_pack(pieces, self)))
+        groups = _pack(pieces, self)
+        lengths = self._length([_joined_text(g) for g in groups])
+        fitted = [part for g, n in zip(groups, lengths) for part in ([g] if n <= self.max_tokens else self._refit(g, self.max_tokens))]
+        return self._count([_merged(g) for g in fitted])
 
-    def _fit(self, chunks:list[Chunk]) -> list[Chunk]:
-        "Cut again any chunk whose exact length is over budget (a join can tokenize differently from its parts)."
-        for budget in (self.max_tokens, self.max_tokens * 9 // 10, self.max_tokens * 3 // 4):
-            lengths = self._length([c.text for c in chunks])
-            if all(n <= self.max_tokens for n in lengths): break
-            chunks = [p for c, n in zip(chunks, lengths) for p in ([c] if n <= self.max_tokens else self._cut(c, budget))]
-        return chunks
+    def _refit(self, group:list[Chunk], budget:int) -> list[list[Chunk]]:
+        "Split `group` until each part's joined text is within budget (a join can tokenize longer than its parts)."
+        if self._length([_joined_text(group)])[0] <= self.max_tokens: return [group]
+        if len(group) > 1: return self._refit(group[:-1], budget) + self._refit(group[-1:], budget)  # give back the last piece
+        budget = budget * 9 // 10                                                                 # one piece: cut tighter
+        return [part for p in self._cut(group[0], budget) for part in self._refit([p], budget)]
 
     def _count(self, chunks):
         "Set each chunk's exact token count (None without a tokenizer)."
@@ -125,23 +129,31 @@ class Chunker:
         "Chunk a single text."
         return self([Chunk(text, source)])
 
-# %% ../nbs/02a_chunkers.ipynb #fabb548f
-def _join(a:Chunk, b:Chunk, sep_tokens:int=1) -> Chunk:
-    sources = a.metadata.get("sources", [a.source]) + [s for s in b.metadata.get("sources", [b.source]) if s not in a.metadata.get("sources", [a.source])]
-    meta = {**b.metadata, **a.metadata, "sources": sources} if len(sources) > 1 else {**b.metadata, **a.metadata}
-    source = a.source if len(sources) == 1 else ", ".join(sources[:3]) + (f" (+{len(sources) - 3})" if len(sources) > 3 else "")
-    return Chunk(a.text.rstrip() + "\n\n" + b.text.lstrip(), source, a.resource, a.n_tokens + sep_tokens + b.n_tokens, meta)
+# %% ../nbs/02a_chunkers.ipynb #de506078
+def _joined_text(group:list[Chunk]) -> str: return "\n\n".join(p.text.strip() for p in group)
 
-def _pack(pieces:list[Chunk], chunker:Chunker) -> list[Chunk]:
-    fits = lambda a, b: a.n_tokens + 1 + b.n_tokens <= chunker.max_tokens
-    def settle(out):  # a short chunk that could not grow forward joins its predecessor when it fits
-        if len(out) > 1 and out[-1].n_tokens < chunker.min_tokens and fits(out[-2], out[-1]): out[-2:] = [_join(out[-2], out[-1])]
-    out = []
+def _merged(group:list[Chunk]) -> Chunk:
+    "One chunk from consecutive pieces: texts joined by a blank line, metadata of the first piece first."
+    sources = list(dict.fromkeys(p.source for p in group))
+    meta = {}
+    for p in reversed(group): meta.update(p.metadata)
+    if len(sources) > 1: meta["sources"] = sources
+    source = sources[0] if len(sources) == 1 else ", ".join(sources[:3]) + (f" (+{len(sources) - 3})" if len(sources) > 3 else "")
+    return Chunk(_joined_text(group), source, group[0].resource, None, meta)
+
+def _pack(pieces:list[Chunk], chunker:Chunker) -> list[list[Chunk]]:
+    "Consecutive pieces grouped greedily within the (estimated) budget, as the chunker's `_merge` allows."
+    groups, sizes = [], []
+    fits = lambda a, b: a + 1 + b <= chunker.max_tokens          # a blank line between pieces is about one token
+    def settle():  # a short group that could not grow forward joins its predecessor when it fits
+        if len(groups) > 1 and sizes[-1] < chunker.min_tokens and fits(sizes[-2], sizes[-1]):
+            groups[-2] += groups.pop(); sizes[-2] += 1 + sizes.pop()
     for p in pieces:
-        if out and fits(out[-1], p) and chunker._merge(out[-1], p): out[-1] = _join(out[-1], p)
-        else: settle(out); out.append(p)
-    settle(out)
-    return out
+        if groups and fits(sizes[-1], p.n_tokens) and chunker._merge(sizes[-1], groups[-1][-1], p):
+            groups[-1].append(p); sizes[-1] += 1 + p.n_tokens
+        else: settle(); groups.append([p]); sizes.append(p.n_tokens)
+    settle()
+    return groups
 
 # %% ../nbs/02a_chunkers.ipynb #b1873ea2
 def _strip_span(text, a, b):
@@ -217,7 +229,7 @@ def split_sections(text:str, fmt:str) -> list[tuple[str, str]]:
     ends = [p for p, _ in cuts[1:]] + [len(text)]
     return [(t, text[p:e]) for (p, t), e in zip(cuts, ends)]
 
-# %% ../nbs/02a_chunkers.ipynb #7b7a86bf
+# %% ../nbs/02a_chunkers.ipynb #60d0d42d
 class StructureChunker(Chunker):
     "Split units at their own structure (headings, sections, definitions, paragraphs), then pack to the budget."
     def __init__(self, tokenizer, min_tokens:int|None=None, max_tokens:int=512,
@@ -237,8 +249,8 @@ class StructureChunker(Chunker):
             pieces += self._cut(p) if n > self.max_tokens else [p]
         return pieces
 
-    def _merge(self, cur:Chunk, nxt:Chunk) -> bool:
-        return self.pack_units or cur.metadata.get("_unit") == nxt.metadata.get("_unit") or cur.n_tokens < self.min_tokens
+    def _merge(self, size:int, last:Chunk, nxt:Chunk) -> bool:
+        return self.pack_units or last.metadata.get("_unit") == nxt.metadata.get("_unit") or size < self.min_tokens
 
     def _count(self, chunks):
         for c in chunks: c.metadata.pop("_unit", None)
