@@ -275,3 +275,17 @@ def test_gitignore_rules_agree_with_git(tmp_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     out = subprocess.run(["git", "-C", str(tmp_path), "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True, check=True).stdout
     assert walk_files(tmp_path)[0] == sorted(out.split())
+
+@pytest.mark.parametrize("chunker", ["structure", "token", "char"])
+@pytest.mark.parametrize("max_tokens", [48, 200, 512])
+def test_chunks_cover_the_corpus_within_budget(tok, chunker, max_tokens):
+    "On real files: no chunk over budget, and the chunks hold every word of the corpus exactly once, in order."
+    r = DirectoryResource(ROOT/"cartridges", include=["core.py", "models.py", "chunkers.py"], chunker=chunker, max_tokens=max_tokens)
+    chunks = r.chunks(tok)
+    if chunker == "char": assert all(len(c.text) <= 4 * max_tokens for c in chunks)
+    else: assert all(c.n_tokens <= max_tokens for c in chunks)
+    assert "".join("".join(c.text.split()) for c in chunks) == "".join(r.text().split())   # nothing lost, nothing repeated
+    if max_tokens >= 200: assert " ".join(c.text for c in chunks).split() == r.text().split()  # and no word cut
+    # (at 48 tokens a regex of 60 tokens without a space has to be cut inside, at a token boundary)
+    unicode = TextResource("日本語のテキストには空白がありません。" * 40 + " naïve café " * 30, chunker=chunker, max_tokens=max_tokens, min_tokens=8)
+    assert "".join("".join(c.text.split()) for c in unicode.chunks(tok)) == "".join(unicode.text().split())
