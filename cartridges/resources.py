@@ -247,7 +247,7 @@ class TextFileResource(Resource):
         text = read_text_file(self.path)
         return [Chunk(text, self.path.name, self.name, None, {"format": self.format or guess_format(text, self.path.name), "path": str(self.path)})]
 
-# %% ../nbs/02_resources.ipynb #4a698497
+# %% ../nbs/02_resources.ipynb #bcc4100b
 _ELSEWHERE = {"DirectoryResource": "cartridges.files", "JSONResource": "cartridges.files", "LaTeXResource": "cartridges.files",
               "walk_files": "cartridges.files", "safe_extract": "cartridges.files", "flatten_json": "cartridges.files",
               "SlackResource": "cartridges.messaging", "GmailResource": "cartridges.messaging",
