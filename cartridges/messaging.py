@@ -335,7 +335,7 @@ def _mcp_record(d:dict, mid:str) -> dict:
              text=strip_quotes(str(d.get("body") or d.get("text") or d.get("snippet") or "")))
     return r
 
-# %% ../nbs/02c_messaging.ipynb #6c343d9b
+# %% ../nbs/02c_messaging.ipynb #11d7c262
 async def _mcp_fetch(server, query, max_messages, list_tool, read_tool, list_args, id_arg) -> list[dict]:
     ClientSession, _, stdio_client = _require_mcp()
     async with stdio_client(server) as (read, write):
@@ -366,7 +366,7 @@ def fetch_mcp_mail(server, query:str="", max_messages:int=100, list_tool:str="se
     t = threading.Thread(target=run); t.start(); t.join()
     if "error" in result:
         e = result["error"]
-        while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1: e = e.exceptions[0]  # anyio task groups wrap errors
+        while len(getattr(e, "exceptions", ())) == 1: e = e.exceptions[0]  # anyio task groups wrap errors in exception groups
         raise e
     return result["records"]
 
