@@ -176,9 +176,13 @@ class TrainState:
         batches = epoch_batches(lengths, self.config.batch_size, self.config.seed, self.epoch, self.config.bucket_batches)
         return [self.train_examples[j] for j in batches[i]]
 
-# %% ../nbs/06_trainer.ipynb #a7d67128
+# %% ../nbs/06_trainer.ipynb #03186886
 def _all_reduce(t:torch.Tensor, world_size:int) -> torch.Tensor:
-    if world_size > 1: dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    "Sum `t` over processes in place (through the GPU under nccl, which cannot reduce CPU tensors)."
+    if world_size == 1: return t
+    x = t.cuda() if dist.get_backend() == "nccl" and not t.is_cuda else t
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    if x is not t: t.copy_(x)
     return t
 
 def train_step(state:TrainState, examples:list[TrainExample], lr:float) -> dict:
@@ -239,7 +243,7 @@ def run_loop(state:TrainState, callbacks:list[Callback]):
         if (cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == state.total_steps: evaluate()
     emit("after_fit")
 
-# %% ../nbs/06_trainer.ipynb #79902a41
+# %% ../nbs/06_trainer.ipynb #2f66a4f9
 def _split_eval(examples, fraction, seed):
     if not fraction: return examples, []
     key = lambda e: hashlib.sha256(f"{seed}:{e.id}".encode()).hexdigest()
@@ -261,6 +265,7 @@ def _fingerprint(examples) -> str:
 def _init_distributed(model) -> tuple[int, int]:
     "(rank, world_size): join the torchrun process group when launched by torchrun."
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if model.device.type == "cuda": torch.cuda.set_device(model.device)   # load the model on cuda:LOCAL_RANK
         dist.init_process_group(backend="nccl" if model.device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
