@@ -75,17 +75,20 @@ def main():
     from cartridges.models import load_model, default_model_path
     from cartridges.clients import HFClient, OpenAIClient
     model, tok = load_model()
+    load_start = os.getloadavg()
     text, batches, rows = corpus_text(), [int(b) for b in args.batches.split(",")], []
-    clients = {"hf+prefix": HFClient(model, tok, batch_size=max(batches)), "hf": HFClient(model, tok, batch_size=max(batches), prefix_reuse=False)}
     vllm_python = Path(os.environ.get("CARTRIDGES_VLLM_VENV", Path.home() / ".cache/cartridges/vllm-venv")) / "bin/python"
+    clients = {"hf+prefix": HFClient(model, tok, batch_size=max(batches)), "hf": HFClient(model, tok, batch_size=max(batches), prefix_reuse=False)}
     proc = None
-    if not args.no_vllm and vllm_python.exists():
-        print("starting vLLM ...", flush=True); t = time.time()
-        proc, url = start_vllm(str(vllm_python), default_model_path(), "/tmp/bench_synthesis_vllm.log")
-        print(f"vLLM ready in {time.time() - t:.0f} s", flush=True)
-        clients["vllm"] = OpenAIClient(url, tokenizer=tok, concurrency=max(batches))
     try:
-        for name, client in clients.items():
+        for name in ["hf+prefix", "hf", "vllm"]:
+            if name == "vllm":  # started only now, so an idle server does not slow the in-process runs
+                if args.no_vllm or not vllm_python.exists(): break
+                print("starting vLLM ...", flush=True); t = time.time()
+                proc, url = start_vllm(str(vllm_python), default_model_path(), "/tmp/bench_synthesis_vllm.log")
+                print(f"vLLM ready in {time.time() - t:.0f} s", flush=True)
+                clients["vllm"] = OpenAIClient(url, tokenizer=tok, concurrency=max(batches))
+            client = clients[name]
             timed(client, make_conversations(tok, text, 1, 1, 64, f"warm-{name}"), 4)  # warm-up
             for b in batches:
                 runs = []
@@ -101,7 +104,7 @@ def main():
         if proc is not None: stop(proc)
     meta = {"chunk_tokens": args.chunk_tokens, "max_tokens": args.max_tokens, "convs_per_chunk": args.convs_per_chunk,
             "reps": args.reps, "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_avg": os.getloadavg()}
+            "load_avg_start": load_start, "load_avg_end": os.getloadavg()}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print("\n| client | batch | chunks | tokens | seconds | tokens/s |\n|---|---|---|---|---|---|")
     for r in rows: print(f"| {r['client']} | {r['batch']} | {r['chunks']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} |")
