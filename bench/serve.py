@@ -80,7 +80,7 @@ def main():
     ap.add_argument("--p", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--methods", nargs="+", default=["cartridge", "icl", "vllm-icl"])
+    ap.add_argument("--methods", nargs="+", default=["cartridge", "vllm-icl", "icl"])  # our ICL last: it is the slowest
     ap.add_argument("--skip-vllm", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent/"results/serve.json"))
     args = ap.parse_args()
@@ -99,6 +99,11 @@ def main():
     print(f"corpus: {n_corpus} tokens; KV per token {kv_per_token} B; questions: {len(questions)}", flush=True)
 
     results, tmp = [], Path(tempfile.mkdtemp())
+    out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
+    def record(r):  # written after every level, so a run cut short still leaves its numbers
+        print(json.dumps(r), flush=True); results.append(r)
+        out.write_text(json.dumps(dict(args=vars(args), corpus_tokens=n_corpus, kv_per_token=kv_per_token,
+                                       torch_threads=torch.get_num_threads(), results=results), indent=1))
     Cartridge.init(model, tok, p=args.p, method="text", text=corpus).save(tmp/"kite")
     user = lambda q: [{"role": "user", "content": q}]
     icl = lambda q: [{"role": "system", "content": corpus}, {"role": "user", "content": q}]
@@ -107,32 +112,27 @@ def main():
     engine = app.state.engine
     with running_server(app) as url:
         client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=3600)
-        for method in [m for m in args.methods if m in plans]:
+        for method in args.methods:
+            if method == "vllm-icl":
+                if args.skip_vllm or not (VENV/"bin/python").exists(): print("vLLM skipped (no venv or --skip-vllm)"); continue
+                port = free_port(); proc = start_vllm(default_model_path(), port, tmp/"vllm.log")
+                try:
+                    vclient = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=3600)
+                    name = vclient.models.list().data[0].id
+                    one_request(vclient, name, icl(questions[0]), 4, {})  # warm-up: fills the prefix cache
+                    for c in args.concurrency:
+                        r = run_level(vclient, name, questions, c, args.max_tokens, icl, {})
+                        record(dict(r, method="icl", server="vllm", kv_bytes_per_request=(r["prompt_tokens"] + args.max_tokens) * kv_per_token))
+                finally: stop_vllm(proc)
+                continue
             make, extra, prefix = plans[method]
             one_request(client, "smollm2-135m", make(questions[0]), 4, extra)  # warm-up
             for c in args.concurrency:
                 engine.stats.clear()
                 r = run_level(client, "smollm2-135m", questions, c, args.max_tokens, make, extra)
-                r.update(method=method, server="ours", kv_bytes_per_request=(prefix + r["prompt_tokens"] + args.max_tokens) * kv_per_token,
-                         engine_max_kv_bytes=engine.stats["max_kv_bytes"], max_batch_seen=engine.stats["max_batch_seen"])
-                print(json.dumps(r), flush=True); results.append(r)
+                record(dict(r, method=method, server="ours", kv_bytes_per_request=(prefix + r["prompt_tokens"] + args.max_tokens) * kv_per_token,
+                            engine_max_kv_bytes=engine.stats["max_kv_bytes"], max_batch_seen=engine.stats["max_batch_seen"]))
 
-    if "vllm-icl" in args.methods and not args.skip_vllm and (VENV/"bin/python").exists():
-        port = free_port(); proc = start_vllm(default_model_path(), port, tmp/"vllm.log")
-        try:
-            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=3600)
-            name = client.models.list().data[0].id
-            one_request(client, name, icl(questions[0]), 4, {})  # warm-up: fills the prefix cache
-            for c in args.concurrency:
-                r = run_level(client, name, questions, c, args.max_tokens, icl, {})
-                r.update(method="icl", server="vllm", kv_bytes_per_request=(r["prompt_tokens"] + args.max_tokens) * kv_per_token)
-                print(json.dumps(r), flush=True); results.append(r)
-        finally: stop_vllm(proc)
-    elif "vllm-icl" in args.methods: print("vLLM skipped (no venv or --skip-vllm)")
-
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(args=vars(args), corpus_tokens=n_corpus, kv_per_token=kv_per_token,
-                                              torch_threads=torch.get_num_threads(), results=results), indent=1))
     print("\n| server | method | concurrency | decode tok/s | end-to-end tok/s | TTFT s (median) | KV MiB / request |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
