@@ -39,7 +39,8 @@ def run_memory(p, gc, batch, seq, targets) -> dict:
 def run_generate(p, corpus_tokens, new_tokens) -> dict:
     import torch
     from cartridges.models import load_model
-    from cartridges.cartridge import Cartridge, chat_batch, _generation_config, kv_bytes
+    from cartridges.cartridge import Cartridge, _generation_config
+    from cartridges.cartridge_use import chat_batch, kv_bytes
     model, tok = load_model("smollm2-135m")
     sentence = "The committee met on Tuesday to review the budget, the hiring plan and the schedule of the launch. "
     n = len(tok(sentence, add_special_tokens=False).input_ids)

@@ -11,9 +11,8 @@ from fastcore.basics import patch
 from transformers import DynamicCache, GenerationConfig, TextIteratorStreamer
 
 # %% auto #0
-__all__ = ['INIT_METHODS', 'CARTRIDGE_ATTENTION', 'WEIGHTS_NAME', 'META_NAME', 'FORMAT', 'CartridgeError', 'Cartridge',
-           'model_identity', 'tokenizer_hash', 'prefill_kv', 'summarize', 'cartridge_attention', 'chat_batch',
-           'check_compatible', 'kv_bytes']
+__all__ = ['WEIGHTS_NAME', 'META_NAME', 'FORMAT', 'INIT_METHODS', 'CARTRIDGE_ATTENTION', 'CartridgeError', 'Cartridge',
+           'model_identity', 'tokenizer_hash', 'check_compatible', 'prefill_kv', 'summarize', 'cartridge_attention']
 
 # %% ../nbs/05_cartridge.ipynb #2d2ea1b5
 class CartridgeError(ValueError):
@@ -68,7 +67,7 @@ class Cartridge(torch.nn.Module):
         return (f"Cartridge(p={self.p}, num_frozen={self.num_frozen}, layers={self.n_layers}, "
                 f"kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, {self.nbytes/2**20:.2f} MiB)")
 
-# %% ../nbs/05_cartridge.ipynb #9eee2501
+# %% ../nbs/05_cartridge.ipynb #1dec1a82
 def _sha(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 def model_identity(model) -> dict:
@@ -88,6 +87,26 @@ def tokenizer_hash(tokenizer) -> str:
     "A hash of `tokenizer`'s vocabulary, special tokens and chat template."
     return _sha([sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens,
                  getattr(tokenizer, "chat_template", None)])
+
+WEIGHTS_NAME, META_NAME, FORMAT = "cartridge.safetensors", "meta.json", "cartridges/1"
+
+def check_compatible(meta:dict, model=None, tokenizer=None, where:str="cartridge"):
+    "Raise `CartridgeError` if a cartridge with metadata `meta` cannot be used with `model`/`tokenizer`."
+    saved = meta.get("model") or {}
+    if model is not None:
+        ident = model_identity(model)
+        got, want = [tuple(d.get(k) for k in ("n_layers", "n_kv_heads", "head_dim")) for d in (ident, saved)]
+        if got != want:
+            raise CartridgeError(f"{where} was made for model {saved.get('name')!r} with (layers, kv_heads, head_dim)="
+                                 f"{want}, but this model {ident['name']!r} has {got}")
+        if saved.get("vocab_size") not in (None, ident["vocab_size"]):
+            raise CartridgeError(f"{where} was made for a vocabulary of {saved['vocab_size']} tokens, this model has {ident['vocab_size']}")
+        if saved.get("weights_fingerprint") not in (None, ident["weights_fingerprint"]):
+            warnings.warn(f"{where} was made for model {saved.get('name')!r}; this model {ident['name']!r} has the same "
+                          "shapes but different weights: its answers may be meaningless", stacklevel=3)
+    if tokenizer is not None and meta.get("tokenizer_hash") not in (None, tokenizer_hash(tokenizer)):
+        raise CartridgeError(f"{where} was made with a different tokenizer (hash {meta['tokenizer_hash']}, "
+                             f"this one {tokenizer_hash(tokenizer)})")
 
 # %% ../nbs/05_cartridge.ipynb #048c33df
 @torch.no_grad()
@@ -157,7 +176,7 @@ def summarize(model, tokenizer, text:str,
     out = model.generate(**enc, generation_config=_generation_config(model, tokenizer, max_new_tokens, 0.0, 1.0))
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
-# %% ../nbs/05_cartridge.ipynb #b9beb829
+# %% ../nbs/05_cartridge.ipynb #688b6280
 INIT_METHODS = ("random", "text", "corpus", "summary")
 
 @patch(cls_method=True)
@@ -188,7 +207,7 @@ def init(cls:Cartridge, model, tokenizer,
         kv = prefill_kv(model, ids)
         frozen, trainable = kv[:, :, :, :num_frozen], kv[:, :, :, num_frozen:]
         info.update(token_ids=ids.tolist(), text=tokenizer.decode(ids))
-    meta = dict(format="cartridges/1", model=model_identity(model), tokenizer_hash=tokenizer_hash(tokenizer),
+    meta = dict(format=FORMAT, model=model_identity(model), tokenizer_hash=tokenizer_hash(tokenizer),
                 p=p, num_frozen=num_frozen, dtype="float32", initializer=info, training={})
     return cls(frozen, trainable, meta)
 
@@ -271,195 +290,5 @@ def _hidden_states_checkpointed(cartridge, model, input_ids, attention_mask):
         for m, t in zip(layers, training): m.training = t
         if not was_on: model.activation_checkpointing_disable()
 
-# %% ../nbs/05_cartridge.ipynb #00ed686d
-def chat_batch(tokenizer, messages:list[list[dict]], pad_left:bool=True) -> dict:
-    "Chat-template each conversation (generation prompt added) and pad the batch: `input_ids`, `attention_mask`."
-    if not isinstance(messages, (list, tuple)) or not messages or not all(isinstance(m, (list, tuple)) and m and
-            all(isinstance(t, dict) and "role" in t and "content" in t for t in m) for m in messages):
-        raise ValueError("messages must be a non-empty list of conversations, each a non-empty list of "
-                         "{'role': ..., 'content': ...} dicts")
-    rows = [tokenizer.apply_chat_template(list(m), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-            for m in messages]
-    n = max(map(len, rows))
-    pad = lambda r, v: ([v] * (n - len(r)) + list(r)) if pad_left else (list(r) + [v] * (n - len(r)))
-    return dict(input_ids=torch.tensor([pad(r, tokenizer.pad_token_id) for r in rows]),
-                attention_mask=torch.tensor([pad([1] * len(r), 0) for r in rows]))
-
-@patch
-def generate(self:Cartridge, model, tokenizer,
-             messages:list[list[dict]],  # conversations, each a list of {"role", "content"} dicts
-             max_new_tokens:int=128,     # most tokens generated per answer
-             temperature:float=0.0,      # 0: greedy
-             top_p:float=1.0,            # nucleus sampling when temperature > 0
-             stream:bool=False):         # yield text pieces of a single conversation as they come
-    "Answer each conversation with the cartridge in context: a list of strings (an iterator of pieces if `stream`)."
-    enc = chat_batch(tokenizer, messages)
-    B, S = enc["input_ids"].shape
-    kwargs = dict(input_ids=enc["input_ids"].to(model.device),
-                  attention_mask=torch.cat([enc["attention_mask"].new_ones(B, self.p), enc["attention_mask"]], 1).to(model.device),
-                  cache=self.cache(B, model.dtype, model.device),
-                  generation_config=_generation_config(model, tokenizer, max_new_tokens, temperature, top_p))
-    if stream:
-        if B != 1: raise ValueError(f"stream=True generates one conversation at a time, got {B}")
-        return _stream(model, tokenizer, kwargs)
-    with torch.no_grad(): out = model.generate(**kwargs)
-    return tokenizer.batch_decode(out[:, S:], skip_special_tokens=True)
-
-def _stream(model, tokenizer, kwargs):
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    errors = []
-    def run():
-        try:
-            with torch.no_grad(): model.generate(**kwargs, streamer=streamer)
-        except BaseException as e: errors.append(e); streamer.end()
-    thread = threading.Thread(target=run, daemon=True); thread.start()
-    try: yield from (piece for piece in streamer if piece)
-    finally: thread.join()
-    if errors: raise errors[0]
-
-# %% ../nbs/05_cartridge.ipynb #b003d22e
-WEIGHTS_NAME, META_NAME, FORMAT = "cartridge.safetensors", "meta.json", "cartridges/1"
-
-@patch
-def save(self:Cartridge, path) -> Path:
-    "Write the cartridge to folder `path` (`cartridge.safetensors` + `meta.json`), atomically; returns the folder."
-    from safetensors.torch import save_file
-    from cartridges.core import atomic_write
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    meta = {**self.meta, "format": FORMAT, "p": self.p, "num_frozen": self.num_frozen, "dtype": "float32",
-            "shapes": {"frozen_kv": list(self.frozen_kv.shape), "trainable_kv": list(self.trainable_kv.shape)}}
-    tensors = {"frozen_kv": self.frozen_kv.detach().float().cpu().contiguous(),
-               "trainable_kv": self.trainable_kv.detach().float().cpu().contiguous()}
-    atomic_write(path/WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    atomic_write(path/META_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
-    return path
-
-# %% ../nbs/05_cartridge.ipynb #f24fbf67
-def _resolve(path) -> Path:
-    p = Path(path).expanduser()
-    if p.exists(): return p
-    s = str(path)
-    if s.count("/") == 1 and not s.startswith((".", "/", "~")):  # looks like a Hub repo id
-        try:
-            from huggingface_hub import snapshot_download
-            return Path(snapshot_download(s, allow_patterns=[WEIGHTS_NAME, META_NAME]))
-        except Exception as e:
-            raise CartridgeError(f"No cartridge folder {s!r} here, and downloading it from the Hub failed: {e}") from e
-    raise CartridgeError(f"No cartridge folder at {s!r}")
-
-def _read(folder:Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-    mpath, wpath = folder/META_NAME, folder/WEIGHTS_NAME
-    for f in (mpath, wpath):
-        if not f.is_file(): raise CartridgeError(f"{folder} is not a cartridge folder: {f.name} is missing")
-    try: meta = json.loads(mpath.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise CartridgeError(f"{mpath} is corrupt (not valid JSON): {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CartridgeError(f"{mpath} is not cartridge metadata (format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")
-    try:
-        with safe_open(str(wpath), framework="pt") as f: tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise CartridgeError(f"{wpath} is corrupt (not a readable safetensors file): {e}") from e
-    if set(tensors) != {"frozen_kv", "trainable_kv"}:
-        raise CartridgeError(f"{wpath} must hold exactly 'frozen_kv' and 'trainable_kv', found {sorted(tensors)}")
-    for k, t in tensors.items():
-        want = (meta.get("shapes") or {}).get(k)
-        if want is not None and list(t.shape) != list(want):
-            raise CartridgeError(f"{wpath}: {k} has shape {list(t.shape)} but {META_NAME} says {want}")
-        if t.dtype != torch.float32: raise CartridgeError(f"{wpath}: {k} is {t.dtype}, expected float32")
-        if not torch.isfinite(t).all(): raise CartridgeError(f"{wpath}: {k} contains NaN or infinite values")
-    return meta, tensors
-
-def check_compatible(meta:dict, model=None, tokenizer=None, where:str="cartridge"):
-    "Raise `CartridgeError` if a cartridge with metadata `meta` cannot be used with `model`/`tokenizer`."
-    saved = meta.get("model") or {}
-    if model is not None:
-        ident = model_identity(model)
-        got, want = [tuple(d.get(k) for k in ("n_layers", "n_kv_heads", "head_dim")) for d in (ident, saved)]
-        if got != want:
-            raise CartridgeError(f"{where} was made for model {saved.get('name')!r} with (layers, kv_heads, head_dim)="
-                                 f"{want}, but this model {ident['name']!r} has {got}")
-        if saved.get("vocab_size") not in (None, ident["vocab_size"]):
-            raise CartridgeError(f"{where} was made for a vocabulary of {saved['vocab_size']} tokens, this model has {ident['vocab_size']}")
-        if saved.get("weights_fingerprint") not in (None, ident["weights_fingerprint"]):
-            warnings.warn(f"{where} was made for model {saved.get('name')!r}; this model {ident['name']!r} has the same "
-                          "shapes but different weights: its answers may be meaningless", stacklevel=3)
-    if tokenizer is not None and meta.get("tokenizer_hash") not in (None, tokenizer_hash(tokenizer)):
-        raise CartridgeError(f"{where} was made with a different tokenizer (hash {meta['tokenizer_hash']}, "
-                             f"this one {tokenizer_hash(tokenizer)})")
-
-@patch(cls_method=True)
-def load(cls:Cartridge, path,          # a cartridge folder, or a Hub repo id
-         model=None,                   # check the cartridge fits this model (and move it to its device)
-         tokenizer=None) -> Cartridge: # check the cartridge was made with this tokenizer
-    "Load a cartridge saved by `Cartridge.save` (no pickle), optionally checking it against `model`/`tokenizer`."
-    folder = _resolve(path)
-    meta, t = _read(folder)
-    check_compatible(meta, model, tokenizer, where=f"the cartridge at {folder}")
-    try: c = cls(t["frozen_kv"], t["trainable_kv"], meta)
-    except CartridgeError as e: raise CartridgeError(f"{folder/WEIGHTS_NAME}: {e}") from e
-    return c.to(model.device) if model is not None else c
-
-# %% ../nbs/05_cartridge.ipynb #4a7ee152
-@patch(cls_method=True)
-def compose(cls:Cartridge, cartridges:list[Cartridge]) -> Cartridge:
-    "One cartridge that is the concatenation of `cartridges` (same model), the first one's frozen tokens kept frozen."
-    cartridges = list(cartridges)
-    if not cartridges or not all(isinstance(c, Cartridge) for c in cartridges):
-        raise CartridgeError("compose needs a non-empty list of Cartridge objects")
-    first = cartridges[0]
-    for i, c in enumerate(cartridges[1:], 1):
-        if (c.n_layers, c.n_kv_heads, c.head_dim) != (first.n_layers, first.n_kv_heads, first.head_dim):
-            raise CartridgeError(f"cartridge {i} has (layers, kv_heads, head_dim)={(c.n_layers, c.n_kv_heads, c.head_dim)}, "
-                                 f"cartridge 0 has {(first.n_layers, first.n_kv_heads, first.head_dim)}: they belong to different models")
-        h0, hi = (first.meta.get("model") or {}).get("config_hash"), (c.meta.get("model") or {}).get("config_hash")
-        if h0 and hi and h0 != hi: raise CartridgeError(f"cartridge {i} was made for a different model than cartridge 0")
-    trainable = torch.cat([first.trainable_kv.detach()] + [c.kv.detach() for c in cartridges[1:]], dim=3)
-    parts = [dict(p=c.p, num_frozen=c.num_frozen, initializer=c.meta.get("initializer"), training=c.meta.get("training"))
-             for c in cartridges]
-    meta = {**first.meta, "initializer": dict(method="compose", parts=parts), "training": {}}
-    return cls(first.frozen_kv.detach(), trainable, meta)
-
-# %% ../nbs/05_cartridge.ipynb #66842b31
-def kv_bytes(model_or_cartridge, n_tokens:int, dtype:torch.dtype|None=None) -> int:
-    "Bytes of the KV cache of `n_tokens` tokens for a model (or a cartridge's model) at `dtype` (default: its own)."
-    if isinstance(model_or_cartridge, Cartridge):
-        c = model_or_cartridge
-        L, H, D = c.n_layers, c.n_kv_heads, c.head_dim
-        dtype = dtype or getattr(torch, (c.meta.get("model") or {}).get("dtype", "float32"), torch.float32)
-    else:
-        (L, H, D), dtype = _kv_shape(model_or_cartridge), dtype or model_or_cartridge.dtype
-    return 2 * L * H * D * n_tokens * dtype.itemsize
-
-@patch
-def memory_report(self:Cartridge, tokenizer,
-                  corpus,                        # the text (str) or resource(s) the cartridge stands in for
-                  dtype:torch.dtype|None=None    # KV dtype when serving (default: the model's at init)
-                 ) -> dict:
-    "KV bytes of this cartridge vs. the corpus in context, at the same dtype."
-    text = corpus if isinstance(corpus, str) else _corpus_text(corpus)
-    n = len(tokenizer(text, add_special_tokens=False).input_ids)
-    mine, theirs = kv_bytes(self, self.p, dtype), kv_bytes(self, n, dtype)
-    return dict(cartridge_tokens=self.p, corpus_tokens=n, cartridge_bytes=mine, corpus_bytes=theirs,
-                ratio=theirs / mine)
-
-# %% ../nbs/05_cartridge.ipynb #9ecb5707
-def _fmt_bytes(n:int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-@patch
-def _repr_html_(self:Cartridge) -> str:
-    import html
-    m, init, train = self.meta.get("model") or {}, self.meta.get("initializer") or {}, self.meta.get("training") or {}
-    rows = [("shape", f"{self.n_layers} layers × {self.n_kv_heads} KV heads × {self.p} tokens × {self.head_dim} dims"),
-            ("tokens", f"{self.p} ({self.num_frozen} frozen, {self.p - self.num_frozen} trainable)"),
-            ("size", f"{_fmt_bytes(self.nbytes)} (fp32); {_fmt_bytes(kv_bytes(self, self.p))} as KV cache at {m.get('dtype', 'float32')}"),
-            ("model", f"{m.get('name', '?')} (config {m.get('config_hash', '?')})"),
-            ("initializer", init.get("method", "?") + (f": “{init['text'][:80]}…”" if init.get("text") else "")),
-            ("training", ", ".join(f"{k}={v}" for k, v in train.items()) or "not trained")]
-    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    return f"<table><caption style='text-align:left'><b>Cartridge</b></caption>{body}</table>"
-
-# %% ../nbs/05_cartridge.ipynb #8375f8c6
-import cartridges.cartridge_formats  # noqa: E402,F401  (adds to_peft, from_peft, save_peft, export_tokasaurus, push_to_hub)
+# %% ../nbs/05_cartridge.ipynb #606d5ea3
+import cartridges.cartridge_use, cartridges.cartridge_formats  # noqa: E402,F401  (methods registered on Cartridge)

@@ -2,7 +2,8 @@
 import json, pickle, warnings
 import pytest, torch
 from cartridges.models import load_model, tiny_model
-from cartridges.cartridge import Cartridge, CartridgeError, chat_batch, prefill_kv, _generation_config
+from cartridges.cartridge import Cartridge, CartridgeError, prefill_kv, _generation_config
+from cartridges.cartridge_use import chat_batch
 
 FACT = ("Internal memo. The secret launch code of Project Bluefin is PELICAN-42. The project lead is Dr. Mirela "
         "Vasquez and the launch is planned for the ninth of March in Reykjavik.")
