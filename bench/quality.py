@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--ps", type=int, nargs="+", default=[128, 512, 1024], help="cartridge / truncation / summary budgets")
     ap.add_argument("--p-ablate", type=int, default=128, help="p of the ablations")
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--ablations", nargs="+", default=["init", "objective", "seeds"], choices=["init", "objective", "seeds"])
     ap.add_argument("--skip-main", action="store_true", help="only the ablations (reusing data and the main cartridge at --p-ablate)")
     ap.add_argument("--n-convs", type=int, default=128, help="self-study conversations (six families)")
     ap.add_argument("--n-convs-generic", type=int, default=None, help="conversations for the generic-seed ablation (default: --n-convs)")
@@ -105,14 +106,16 @@ def main():
         p = args.p_ablate
         main = out/f"cartridge-{p}"
         ablations = [NoContext(), CartridgeMethod(cartridge(model, tok, resource, convs, main, p, args), name=f"cartridge p={p} (corpus init, distill, 5 families)")]
-        for init in ("random", "text"):
+        for init in ("random", "text") if "init" in args.ablations else ():
             c = cartridge(model, tok, resource, convs, out/f"ablate-init-{init}-{p}", p, args, init=init)
             ablations.append(CartridgeMethod(c, name=f"init={init} p={p}"))
-        c = cartridge(model, tok, resource, convs, out/f"ablate-next-token-{p}", p, args, objective="next_token")
-        ablations.append(CartridgeMethod(c, name=f"next-token objective p={p}"))
-        generic = data(model, tok, resource, out/"data-generic", args.n_convs_generic or args.n_convs, ["generic"], args)
-        c = cartridge(model, tok, resource, generic, out/f"ablate-generic-seeds-{p}", p, args)
-        ablations.append(CartridgeMethod(c, name=f"generic seeds only p={p}"))
+        if "objective" in args.ablations:
+            c = cartridge(model, tok, resource, convs, out/f"ablate-next-token-{p}", p, args, objective="next_token")
+            ablations.append(CartridgeMethod(c, name=f"next-token objective p={p}"))
+        if "seeds" in args.ablations:
+            generic = data(model, tok, resource, out/"data-generic", args.n_convs_generic or args.n_convs, ["generic"], args)
+            c = cartridge(model, tok, resource, generic, out/f"ablate-generic-seeds-{p}", p, args)
+            ablations.append(CartridgeMethod(c, name=f"generic seeds only p={p}"))
         t0 = time.time()
         report = evaluate(model, tok, questions, ablations, generate=not args.no_generate, max_new_tokens=args.max_new_tokens,
                           batch_size=4, run_dir=out/"eval-ablations", progress=False)
