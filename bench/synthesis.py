@@ -69,9 +69,11 @@ def main():
     ap.add_argument("--batches", default="1,8,32"); ap.add_argument("--convs-per-chunk", type=int, default=8)
     ap.add_argument("--chunk-tokens", type=int, default=512); ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=1); ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--clients", default="hf+prefix,hf,vllm"); ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="bench/synthesis_results.json")
     args = ap.parse_args()
     import torch
+    if args.threads: torch.set_num_threads(args.threads)
     from cartridges.models import load_model, default_model_path
     from cartridges.clients import HFClient, OpenAIClient
     model, tok = load_model()
@@ -81,7 +83,7 @@ def main():
     clients = {"hf+prefix": HFClient(model, tok, batch_size=max(batches)), "hf": HFClient(model, tok, batch_size=max(batches), prefix_reuse=False)}
     proc = None
     try:
-        for name in ["hf+prefix", "hf", "vllm"]:
+        for name in args.clients.split(","):
             if name == "vllm":  # started only now, so an idle server does not slow the in-process runs
                 if args.no_vllm or not vllm_python.exists(): break
                 print("starting vLLM ...", flush=True); t = time.time()
