@@ -28,17 +28,18 @@ from openai import OpenAI
 VENV = Path(os.environ.get("CARTRIDGES_VLLM_VENV", Path.home()/".cache/cartridges/vllm-venv"))
 
 def one_request(client, model_name, messages, max_tokens, extra):
-    t0 = time.perf_counter(); first = None; n = 0
+    t0 = time.perf_counter(); first = None; times = []
     stream = client.chat.completions.create(model=model_name, messages=messages, max_tokens=max_tokens, temperature=0,
                                             stream=True, stream_options={"include_usage": True},
                                             extra_body={"ignore_eos": True, **extra})
     usage = None
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
-            if first is None: first = time.perf_counter()
+            times.append(time.perf_counter())
+            if first is None: first = times[0]
         if chunk.usage: usage = chunk.usage
     end = time.perf_counter()
-    return dict(start=t0, first=first or end, end=end, completion_tokens=usage.completion_tokens,
+    return dict(start=t0, first=first or end, end=end, times=times, completion_tokens=usage.completion_tokens,
                 prompt_tokens=usage.prompt_tokens)
 
 def run_level(client, model_name, questions, concurrency, max_tokens, make_messages, extra):
@@ -50,8 +51,11 @@ def run_level(client, model_name, questions, concurrency, max_tokens, make_messa
     decode_tokens = sum(r["completion_tokens"] - 1 for r in rs)
     decode_s = max(r["end"] for r in rs) - min(r["first"] for r in rs)
     ttft = sorted(r["first"] - r["start"] for r in rs)[len(rs)//2]
+    # steady state: text chunks (about one per token) streamed once EVERY request is past its prefill
+    all_in = max(r["first"] for r in rs); last = max(r["end"] for r in rs)
+    steady = sum(t > all_in for r in rs for t in r["times"]) / (last - all_in) if last > all_in else float("nan")
     return dict(concurrency=concurrency, requests=len(rs), tokens=sum(r["completion_tokens"] for r in rs),
-                decode_tok_s=decode_tokens / decode_s if decode_s > 0 else float("nan"),
+                decode_tok_s=decode_tokens / decode_s if decode_s > 0 else float("nan"), steady_decode_tok_s=steady,
                 e2e_tok_s=sum(r["completion_tokens"] for r in rs) / wall, ttft_s=ttft, wall_s=wall,
                 prompt_tokens=rs[0]["prompt_tokens"])
 
