@@ -231,7 +231,7 @@ def _buffers(parts:list, length:int, capacity:int) -> list:
         out[b:b + t.shape[0], :, length - t.shape[2]:length] = t; b += t.shape[0]
     return out
 
-# %% ../nbs/09_serve.ipynb #e637fd54
+# %% ../nbs/09_serve.ipynb #8f17a513
 class EngineBusy(RuntimeError): "The engine's queue is full."
 
 class BatchEngine:
@@ -240,10 +240,11 @@ class BatchEngine:
                  max_batch:int=16, # requests decoded together at most (the others wait in the queue)
                  max_queue:int=256, # waiting requests at most; `submit` raises `EngineBusy` beyond
                  prefill_tokens:int=2048, # tokens per prefill forward (batch x chunk), bounds prefill memory
-                 headroom:int=128): # free KV columns allocated ahead, so appending a token never copies the past
+                 headroom:int=128, # free KV columns allocated ahead, so appending a token never copies the past
+                 gather_s:float=0.02): # an idle engine waits this long for more arrivals before prefilling
         if max_batch < 1 or max_queue < 1 or prefill_tokens < 1: raise ValueError("max_batch, max_queue and prefill_tokens must be >= 1")
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.max_queue, self.prefill_tokens, self.headroom = max_batch, max_queue, prefill_tokens, headroom
+        self.max_batch, self.max_queue, self.prefill_tokens, self.headroom, self.gather_s = max_batch, max_queue, prefill_tokens, headroom, gather_s
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id} - {None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -272,7 +273,7 @@ class BatchEngine:
         if not req.done.wait(timeout): raise TimeoutError("generation did not finish in time")
         return req
 
-# %% ../nbs/09_serve.ipynb #2631cb34
+# %% ../nbs/09_serve.ipynb #2e856d52
 @patch
 def start(self:BatchEngine):
     "Start the decoding thread (idempotent)."
@@ -298,6 +299,10 @@ def _reset(self:BatchEngine): self._rows, self._kv, self._mask, self._pos, self.
 def _take(self:BatchEngine) -> list:
     with self._cv:
         while not self._pending and not self._rows and not self._stopping: self._cv.wait()
+        if not self._rows:  # idle engine: give requests that arrive together a moment to be prefilled together
+            deadline = time.monotonic() + self.gather_s
+            while len(self._pending) < self.max_batch and not self._stopping and time.monotonic() < deadline:
+                self._cv.wait(deadline - time.monotonic())
         n = self.max_batch - len(self._rows)
         return [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
 
