@@ -11,7 +11,7 @@ import ipywidgets as W
 from .core import load_conversations
 
 # %% auto #0
-__all__ = ['ALL', 'token_probability', 'token_span', 'conversation_html', 'ConversationBrowser']
+__all__ = ['ALL', 'token_probability', 'token_span', 'conversation_html', 'ConversationBrowser', 'LossPlot', 'ChatWidget']
 
 # %% ../nbs/08_widgets.ipynb #04e14e32
 def _esc(s) -> str: return htmllib.escape(str(s), quote=True)
@@ -130,3 +130,8 @@ def _repr_mimebundle_(self:ConversationBrowser, include=None, exclude=None):
 ConversationBrowser._repr_mimebundle_ = _repr_mimebundle_
 ConversationBrowser._repr_html_ = lambda self: f"<p>{_esc(self.position.value)}</p>" + self.html()
 ConversationBrowser.__repr__ = lambda self: f"ConversationBrowser({len(self.indices)} of {len(self.df)} conversations)"
+
+# %% ../nbs/08_widgets.ipynb #84acd279
+from .train_callbacks import LossPlot
+from .chat import ChatWidget
+_all_ = ["LossPlot", "ChatWidget"]
