@@ -308,7 +308,7 @@ def run_train(cfg:TrainCommandConfig):
     print(f"cartridge: {Path(cfg.train.out_dir)/'cartridge'}")
     return c
 
-# %% ../nbs/09a_cli.ipynb #e11c36de
+# %% ../nbs/09a_cli.ipynb #a5bfb1c5
 BASELINES = ("no_context", "icl", "truncation", "summary")
 
 @dataclasses.dataclass
@@ -339,8 +339,8 @@ def _questions(cfg:EvalCommandConfig):
         corpus = open_corpus(cfg.corpus).text() if cfg.corpus else None
     else:
         if cfg.questions not in dossier_cases(): raise ConfigError(f"questions {cfg.questions!r} is neither a file nor a dossier-bench case ({', '.join(dossier_cases())})")
-        corpus, df = load_dossier(cfg.questions)
-        if cfg.corpus: corpus = open_corpus(cfg.corpus).text()
+        resource, df = load_dossier(cfg.questions)
+        corpus = open_corpus(cfg.corpus).text() if cfg.corpus else resource.text()
     return corpus, (df.head(cfg.limit) if cfg.limit else df)
 
 def baseline_methods(names, corpus:str|None, p:int):

@@ -37,3 +37,16 @@ def test_quickstart_end_to_end_reduced(tmp_path):
     resolved = yaml.safe_load((run/"config.yaml").read_text())
     assert resolved["train"]["lr"] == 1e-2 and resolved["n_conversations"] == 4  # the resolved config is kept
     assert "Q: What does load_conversations return?" in out.stdout and "cartridge:" in out.stdout
+
+def test_eval_command_on_dossier_case(tmp_path):
+    out = cli("eval", "questions=kite-launch", "limit=2", "baselines=[no_context, truncation]", "p=32", f"out_dir={tmp_path/'ev'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = pd.read_csv(tmp_path/"ev"/"report.csv")
+    assert list(report.method) == ["no context", "truncation p=32"] and report.log_ppl.notna().all()
+    assert report.kv_bytes.iloc[0] == 0 and report.kv_bytes.iloc[1] > 0
+
+def test_chat_command_from_a_pipe():
+    out = subprocess.run(["cartridges", "chat", "max_new_tokens=6"], input="What is the capital of France?\n/quit\n",
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip()  # the streamed answer
