@@ -237,7 +237,7 @@ def open_corpus(corpus:str, max_tokens:int=512):
     if path.suffix in (".json", ".jsonl"): return JSONResource(path, name=name, max_tokens=max_tokens)
     return TextFileResource(path, name=name, max_tokens=max_tokens)
 
-# %% ../nbs/09a_cli.ipynb #8b22dd5f
+# %% ../nbs/09a_cli.ipynb #30663517
 from .trainer import TrainConfig
 
 @dataclasses.dataclass
@@ -266,7 +266,9 @@ def _selfstudy(cfg, model=None, tok=None, corpus=None):
     from cartridges.models import load_model
     if cfg.base_urls:
         from transformers import AutoTokenizer
-        tok = tok or load_model(cfg.model)[1]
+        from cartridges.models import DEFAULT_MODELS, default_tokenizer
+        # the servers hold the weights: load only the tokenizer here
+        tok = tok or (default_tokenizer(cfg.model) if cfg.model in DEFAULT_MODELS else AutoTokenizer.from_pretrained(cfg.model))
         client = OpenAIClient(cfg.base_urls, tokenizer=tok, server=cfg.server)
     else:
         if model is None: model, tok = load_model(cfg.model)
@@ -395,7 +397,7 @@ def run_serve(cfg:ServeCommandConfig):
     return serve(model=cfg.model, cartridge_dir=cfg.cartridge_dir or None, api_key=cfg.api_key or None, host=cfg.host,
                  port=cfg.port, no_auth=cfg.no_auth, max_tokens=cfg.max_tokens, max_batch=cfg.max_batch)
 
-# %% ../nbs/09a_cli.ipynb #57caec50
+# %% ../nbs/09a_cli.ipynb #83518fb0
 @dataclasses.dataclass
 class QuickstartConfig:
     "Self-study, training, evaluation and an answer, end to end on the embedded model."
@@ -422,8 +424,9 @@ def held_out_questions(df) -> "pd.DataFrame":
     import pandas as pd
     rows = []
     for r in df.itertuples():
-        user = next(m for m in r.messages if m.role == "user"); answer = next(m for m in r.messages if m.role == "assistant")
-        if user.content.strip() and answer.content.strip():
+        user = next((m for m in r.messages if m.role == "user"), None)
+        answer = next((m for m in r.messages if m.role == "assistant"), None)
+        if user and answer and user.content.strip() and answer.content.strip():
             rows.append({"corpus_id": r.resource, "question": user.content, "answer": answer.content, "id": r.id})
     if not rows: raise ValueError("no held-out conversation has both a question and an answer")
     return pd.DataFrame(rows)
